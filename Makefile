@@ -1,0 +1,65 @@
+# edgecam — the user's entry points. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+CONFIG ?= config/device.example.yaml
+DATA ?=
+RUN ?=
+NAME ?=
+EXTRA_ARGS ?=
+MODELS_DIR ?= models
+
+.PHONY: help install install-device system-deps models run test lint format bench train convert clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: system-deps $(PY)  ## workstation: venv with device + training + dev tools, and Mosquitto
+	$(BIN)/pip install --quiet -e '.[device,train,dev]'
+	@echo "installed into $(VENV); try: make models && make run"
+
+install-device: $(PY)  ## Raspberry Pi: the light device runtime only (no TensorFlow)
+	$(BIN)/pip install --quiet -e '.[device]'
+
+system-deps:  ## Mosquitto (the MQTT broker the tests and `make run` use) from apt
+	@bash deploy/system-deps.sh
+
+models: $(PY)  ## fetch the reference model, labels and sample clip into models/ (sha256-checked)
+	$(PY) -m device.fetch --dest $(MODELS_DIR)
+
+run: $(PY)  ## run the camera loop (Pi camera, USB camera or the sample clip) with the example config
+	@test -f $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite || $(MAKE) models
+	$(BIN)/edgecam-device run --config $(CONFIG) $(EXTRA_ARGS)
+
+test: $(PY)  ## run the test suite (real Mosquitto, real LiteRT, real training on small data)
+	$(PY) -m pytest -q
+
+lint: $(PY)  ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(PY)  ## ruff autoformat
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(PY)  ## device loop benchmark on the sample clip with the reference model
+	@test -f $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite || $(MAKE) models
+	$(BIN)/edgecam-device bench --model $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite \
+		--source $(MODELS_DIR)/vtest.avi --frames 300 --threads 2
+
+train: $(PY)  ## train a classifier: make train DATA=path/to/images [NAME=run-name]
+	@test -n "$(DATA)" || (echo "usage: make train DATA=path/to/images [NAME=run-name]" >&2; exit 2)
+	$(BIN)/edgecam-train train $(DATA) $(if $(NAME),--name $(NAME)) $(EXTRA_ARGS)
+
+convert: $(PY)  ## convert a trained run to TFLite bundles: make convert RUN=runs/<name>
+	@test -n "$(RUN)" || (echo "usage: make convert RUN=runs/<name>" >&2; exit 2)
+	$(BIN)/edgecam-convert $(RUN) $(EXTRA_ARGS)
+
+clean:  ## remove caches and build leftovers (keeps .venv, models/ and runs/)
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,111 @@
+"""Model + backend + preprocessing + postprocessing: a frame in, scored classes out.
+
+Training and conversion evaluate ``.tflite`` files through this class too, so the figures seen
+on the workstation are the figures the Pi produces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.errors import EdgeTPUError
+from device.inference import InferenceBackend
+from device.model import ModelBundle, load_bundle
+from device.postprocess import Class, classify, scores_from_output
+from device.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    threads: int | None = None
+    xnnpack: bool = True
+    edgetpu: bool = False
+    edgetpu_device: str = "usb"
+    runtime: str | None = None
+
+
+class Classifier:
+    """Classifies RGB frames with one model. Not thread-safe: one per camera thread."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        model_bytes: bytes,
+        options: InferenceOptions | None = None,
+        roi: Sequence[float] | None = None,
+    ):
+        options = options or InferenceOptions()
+        self.bundle = bundle
+        self.options = options
+        self.backend = InferenceBackend(
+            bundle,
+            model_bytes,
+            threads=options.threads,
+            xnnpack=options.xnnpack,
+            edgetpu=options.edgetpu,
+            edgetpu_device=options.edgetpu_device,
+            runtime=options.runtime,
+        )
+        self.preprocessor = Preprocessor(bundle.input, self.backend.input, roi=roi)
+        self._input = self.preprocessor.new_buffer()
+
+    @classmethod
+    def open(
+        cls,
+        model: str | Path,
+        labels: str | Path | None = None,
+        *,
+        options: InferenceOptions | None = None,
+        fallback: str | Path | None = None,
+        fallback_labels: str | Path | None = None,
+        roi: Sequence[float] | None = None,
+        **input_overrides: Any,
+    ) -> Classifier:
+        """Load a model; when it needs an Edge TPU that is absent, use ``fallback`` if given."""
+        options = options or InferenceOptions()
+        bundle, data = load_bundle(model, labels, **input_overrides)
+        try:
+            return cls(bundle, data, options, roi=roi)
+        except EdgeTPUError as exc:
+            if fallback is None:
+                raise
+            log.warning("%s; using the fallback CPU model %s", exc.message, fallback)
+        bundle, data = load_bundle(fallback, fallback_labels or labels, **input_overrides)
+        cpu_options = InferenceOptions(
+            threads=options.threads, xnnpack=options.xnnpack, runtime=options.runtime
+        )
+        return cls(bundle, data, cpu_options, roi=roi)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.backend_name
+
+    def prepare(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.preprocessor.process(frame, out if out is not None else self._input)
+
+    def classify_tensor(
+        self, tensor: np.ndarray, k: int = 3, min_score: float = 0.0
+    ) -> tuple[list[Class], float]:
+        raw, ms = self.backend.run(tensor)
+        out = self.backend.output
+        return classify(raw, out.scale, out.zero_point, self.bundle.labels, k, min_score), ms
+
+    def scores(self, frame: np.ndarray) -> np.ndarray:
+        """All class scores in [0, 1] for one frame (for evaluation)."""
+
+        raw, _ = self.backend.run(self.prepare(frame))
+        return scores_from_output(raw, self.backend.output.scale, self.backend.output.zero_point)
+
+    def classify(
+        self, frame: np.ndarray, k: int = 3, min_score: float = 0.0
+    ) -> tuple[list[Class], float]:
+        """Top-k classes for an RGB frame and the inference time in ms."""
+        return self.classify_tensor(self.prepare(frame), k, min_score)

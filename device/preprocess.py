@@ -1,0 +1,150 @@
+"""Frames (HxWx3 uint8 RGB) -> the model's input tensor.
+
+Honours the model: input size, resize filter, optional region of interest and centre crop, and
+the float normalisation ``x = (pixel - mean) / std`` folded into the input tensor's quantisation
+``q = x / scale + zero_point``. The whole mapping pixel -> input value is one lookup table per
+channel; when it is the identity (most quantised models, and every model we train) raw uint8
+pixels are copied in with no math. Buffers are preallocated: ``process`` allocates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.errors import SourceError
+from device.inference import TensorInfo
+from device.model import InputSpec
+
+log = logging.getLogger(__name__)
+
+_FILTERS = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB; a clear SourceError when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"image not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise SourceError(
+            f"cannot decode image {path}",
+            f"use a JPEG, PNG or BMP file ({', '.join(IMAGE_SUFFIXES)})",
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def build_lut(spec: InputSpec, tensor: TensorInfo) -> np.ndarray | None:
+    """Per-channel lookup table pixel -> input value (3x256), or None for the identity."""
+    dtype = tensor.dtype
+    pixels = np.arange(256, dtype=np.float64)
+    if spec.mean is None and spec.std is None:
+        if dtype == np.uint8:
+            return None
+        if dtype == np.int8:  # raw pixels shifted into int8, the usual int8 image convention
+            return np.tile((pixels - 128).astype(np.int8), (3, 1))
+        return np.tile(pixels.astype(dtype), (3, 1))
+    mean = np.asarray(spec.mean if spec.mean is not None else (0.0, 0.0, 0.0), dtype=np.float64)
+    std = np.asarray(spec.std if spec.std is not None else (1.0, 1.0, 1.0), dtype=np.float64)
+    if not tensor.quantized or not np.issubdtype(dtype, np.integer):
+        real = (pixels[None, :] - mean[:, None]) / std[:, None]
+        return real.astype(dtype)
+    scale, zero_point = tensor.scale, tensor.zero_point
+    if (
+        dtype == np.uint8
+        and np.all(np.abs(std * scale - 1.0) < 1e-5)
+        and np.all(np.abs(mean - zero_point) < 1e-5)
+    ):
+        return None
+    info = np.iinfo(dtype)
+    q = (pixels[None, :] - mean[:, None]) / (std[:, None] * scale) + zero_point
+    return np.clip(np.round(q), info.min, info.max).astype(dtype)
+
+
+def crop_box(
+    height: int,
+    width: int,
+    target_hw: tuple[int, int],
+    crop: str,
+    roi: Sequence[float] | None = None,
+) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the frame region to resize: region of interest, then centre crop.
+
+    ``roi`` is (x, y, w, h) as fractions of the frame.
+    """
+    y0, y1, x0, x1 = 0, height, 0, width
+    if roi is not None:
+        rx, ry, rw, rh = roi
+        x0, x1 = round(rx * width), round((rx + rw) * width)
+        y0, y1 = round(ry * height), round((ry + rh) * height)
+        x0, y0 = max(0, x0), max(0, y0)
+        x1, y1 = min(width, max(x1, x0 + 1)), min(height, max(y1, y0 + 1))
+    if crop == "center":
+        h, w = y1 - y0, x1 - x0
+        th, tw = target_hw
+        if w * th > h * tw:  # too wide
+            new_w = max(1, round(h * tw / th))
+            x0 += (w - new_w) // 2
+            x1 = x0 + new_w
+        else:
+            new_h = max(1, round(w * th / tw))
+            y0 += (h - new_h) // 2
+            y1 = y0 + new_h
+    return y0, y1, x0, x1
+
+
+class Preprocessor:
+    """Turns RGB frames into input tensors for one model input."""
+
+    def __init__(self, spec: InputSpec, tensor: TensorInfo, roi: Sequence[float] | None = None):
+        self.spec = spec
+        self.tensor = tensor
+        self.roi = tuple(roi) if roi is not None else None
+        _, self.height, self.width, _ = tensor.shape
+        self.interpolation = _FILTERS[spec.resize]
+        self.lut = build_lut(spec, tensor)
+        self._resized = np.empty((self.height, self.width, 3), dtype=np.uint8)
+
+    @property
+    def identity(self) -> bool:
+        return self.lut is None
+
+    def new_buffer(self) -> np.ndarray:
+        """A tensor-shaped buffer to pass as ``out`` (for ring buffers across threads)."""
+        return np.empty((1, self.height, self.width, 3), dtype=self.tensor.dtype)
+
+    def process(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Write the model input for ``frame`` (HxWx3 uint8 RGB) into ``out`` and return it."""
+        if out is None:
+            out = self.new_buffer()
+        h, w = frame.shape[:2]
+        y0, y1, x0, x1 = crop_box(h, w, (self.height, self.width), self.spec.crop, self.roi)
+        region = frame[y0:y1, x0:x1]
+        if self.lut is None:
+            target = out[0]
+            if region.shape[:2] == (self.height, self.width):
+                np.copyto(target, region)
+            else:
+                cv2.resize(
+                    region, (self.width, self.height), dst=target, interpolation=self.interpolation
+                )
+            return out
+        if region.shape[:2] == (self.height, self.width):
+            np.copyto(self._resized, region)
+        else:
+            cv2.resize(
+                region,
+                (self.width, self.height),
+                dst=self._resized,
+                interpolation=self.interpolation,
+            )
+        for c in range(3):
+            out[0, :, :, c] = self.lut[c][self._resized[:, :, c]]
+        return out

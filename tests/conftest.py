@@ -1,0 +1,112 @@
+"""Shared pytest fixtures: reference data and a real Mosquitto broker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_test_data() -> Path | None:
+    env = os.environ.get("EDGECAM_TEST_DATA")
+    if env:
+        return Path(env).resolve()
+    fallback = REPO_ROOT.parent / "shared" / "data"
+    return fallback if fallback.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    """The reference data folder (see ../shared/data/README.md)."""
+    path = _find_test_data()
+    if path is None or not path.is_dir():
+        pytest.skip(
+            "reference data not found: set EDGECAM_TEST_DATA to a folder like ../shared/data"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A real Mosquitto broker on a free loopback port, restartable for outage tests."""
+
+    def __init__(self, workdir: Path, port: int | None = None, password_file: Path | None = None):
+        self.exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.exe).exists():
+            pytest.skip("mosquitto not installed: run `make install` (apt-get install mosquitto)")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.password_file = password_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {workdir}/",
+            f"persistence_file mosq-{self.port}.db",
+        ]
+        if password_file:
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.log = workdir / f"mosquitto-{self.port}.log"
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()}") from None
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start within 10 s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator:
+    brokers: list[Broker] = []
+
+    def make(**kwargs) -> Broker:
+        b = Broker(tmp_path, **kwargs)
+        brokers.append(b)
+        return b
+
+    yield make
+    for b in brokers:
+        b.stop()
+
+
+@pytest.fixture
+def broker(broker_factory) -> Broker:
+    """A running anonymous Mosquitto broker on a free port."""
+    return broker_factory().start()

@@ -1,0 +1,58 @@
+"""Decoding images the one way training, evaluation and prediction all use.
+
+Contract (shared with conversion and the device): decode to RGB uint8 (grayscale becomes three
+equal channels, alpha is dropped), then resize to (height, width) with bilinear filtering
+(``cv2.INTER_LINEAR``, half-pixel centres, no antialias) and no crop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ImageDecodeError(ValueError):
+    """The file is not an image OpenCV can decode."""
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, BMP, ...) to an HxWx3 uint8 RGB array.
+
+    OpenCV's colour mode: EXIF orientation applied, grayscale expanded to 3 channels, alpha
+    dropped, 16-bit reduced to 8-bit.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB) if buf.size else None
+    if img is None:
+        raise ImageDecodeError("cannot decode image data")
+    return img
+
+
+def resize_rgb(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize (no antialias, no crop) to exactly (height, width)."""
+    if img.shape[0] == height and img.shape[1] == width:
+        return img
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def load_rgb(path: str | Path, height: int, width: int) -> np.ndarray:
+    """Read a file and return it as (height, width, 3) uint8 RGB."""
+    data = Path(path).read_bytes()
+    try:
+        img = decode_rgb(data)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{path}: {exc}") from None
+    return resize_rgb(img, height, width)
+
+
+def load_batch(paths: list[Path], height: int, width: int) -> np.ndarray:
+    """Load several images into one (N, height, width, 3) uint8 array."""
+    out = np.empty((len(paths), height, width, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = load_rgb(path, height, width)
+    return out
