@@ -12,6 +12,7 @@ tensors, so it overlaps with inference of the previous frame.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -81,6 +82,21 @@ class FrameSlot:
         return self._closed
 
 
+def _lower_priority(nice: int) -> None:
+    """Run the calling thread at a lower priority (Linux: per-thread nice value).
+
+    Inference threads keep the cores; decoding and preprocessing fill the gaps, so a busy
+    capture thread does not stall the interpreter's thread pool at its barriers.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:
+        log.debug("cannot lower the capture thread's priority: %s", exc)
+
+
 class CaptureThread(threading.Thread):
     """Reads ``source`` in its own thread; see the module docstring."""
 
@@ -97,6 +113,7 @@ class CaptureThread(threading.Thread):
         loop: bool = False,
         reconnect_max_s: float = 30.0,
         stop: threading.Event | None = None,
+        nice: int = 5,
     ):
         super().__init__(name=f"capture-{name}", daemon=True)
         self.source = source
@@ -104,6 +121,7 @@ class CaptureThread(threading.Thread):
         self.realtime = source.live if realtime is None else realtime
         self.loop = loop
         self.reconnect_max_s = reconnect_max_s
+        self.nice = nice
         self.stop_event = stop or threading.Event()
         self.slot = FrameSlot(drop=self.realtime)
         self._free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
@@ -123,6 +141,7 @@ class CaptureThread(threading.Thread):
         self._free.put(item.tensor)
 
     def run(self) -> None:
+        _lower_priority(self.nice)
         try:
             self._run()
         except SourceError as exc:

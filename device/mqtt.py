@@ -59,6 +59,7 @@ class MqttPublisher:
         self.publish_failures = 0
         self._outage_since: float | None = None
         self._last_error: str | None = None
+        self._outage_logged = False
         self._stopping = False
         mqtt = _paho()
         self._mqtt = mqtt
@@ -175,6 +176,7 @@ class MqttPublisher:
         since = self._outage_since
         self._outage_since = None
         self._last_error = None
+        self._outage_logged = False
         if self.connects == 1:
             log.info("MQTT: connected to %s:%d", self.cfg.host, self.cfg.port)
         else:
@@ -188,6 +190,9 @@ class MqttPublisher:
         self.connected.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        if self._outage_logged:
+            return
+        self._outage_logged = True
         self._log_error(
             f"MQTT broker {self.cfg.host}:{self.cfg.port} not reachable; classifying goes on, "
             f"retrying every {self.cfg.reconnect_min_s:g}-{self.cfg.reconnect_max_s:g} s"
@@ -201,6 +206,7 @@ class MqttPublisher:
         if self._stopping:
             return
         if was_connected:
+            self._outage_logged = True
             self.outages += 1
             self._outage_since = time.monotonic()
             log.warning(

@@ -58,6 +58,8 @@ class Broker:
             f"persistence_location {workdir}/",
             f"persistence_file mosq-{self.port}.db",
         ]
+        if os.geteuid() == 0:  # else mosquitto drops to user "mosquitto" and cannot read tmp files
+            lines.append("user root")
         if password_file:
             lines += ["allow_anonymous false", f"password_file {password_file}"]
         else:
@@ -110,3 +112,80 @@ def broker_factory(tmp_path: Path) -> Iterator:
 def broker(broker_factory) -> Broker:
     """A running anonymous Mosquitto broker on a free port."""
     return broker_factory().start()
+
+
+class Subscriber:
+    """A real paho-mqtt 2.x subscriber that records every message it receives."""
+
+    def __init__(
+        self,
+        port: int,
+        topic: str = "#",
+        client_id: str | None = None,
+        clean_session: bool = True,
+        auth: tuple[str, str] | None = None,
+    ):
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._cond = threading.Condition()
+        self.topic = topic
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"test-sub-{port}-{time.monotonic_ns()}",
+            clean_session=clean_session,
+        )
+        if auth:
+            self.client.username_pw_set(*auth)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.port = port
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, client, userdata, msg):
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self._cond.notify_all()
+
+    def start(self) -> Subscriber:
+        self.client.connect_async("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def on(self, suffix: str) -> list[tuple[str, bytes, bool]]:
+        with self._cond:
+            return [m for m in self.messages if m[0].endswith(suffix)]
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> bool:
+        """Wait until predicate(messages) is true."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(list(self.messages)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+            return True
+
+
+@pytest.fixture
+def subscriber_factory():
+    subs: list[Subscriber] = []
+
+    def make(port: int, **kwargs) -> Subscriber:
+        s = Subscriber(port, **kwargs).start()
+        subs.append(s)
+        return s
+
+    yield make
+    for s in subs:
+        s.stop()
