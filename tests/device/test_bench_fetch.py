@@ -1,0 +1,54 @@
+"""`edgecam-device bench` reports its figures; `make models` fetching is sha256-checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device.errors import EdgecamError
+from device.fetch import ASSETS, fetch, sha256_file
+
+CLI = [sys.executable, "-m", "device.cli"]
+
+
+def test_bench_json_reports_all_figures(test_data: Path) -> None:
+    proc = subprocess.run(
+        [*CLI, "bench", "--model", str(test_data / "coral" / "mobilenet_v1_0.25_128_quant.tflite"),
+         "--source", str(test_data / "opencv" / "vtest.avi"), "--frames", "40", "--threads", "1", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["loop"]["results"] == 40 and r["sequential"]["results"] == 40 and r["raw_invoke"]["invokes"] == 40
+    for rate in (r["raw_invoke"]["rate_fps"], r["loop"]["rate_fps"], r["sequential"]["rate_fps"]):
+        assert rate > 0
+    assert r["ratio_loop_to_raw"] == pytest.approx(r["loop"]["rate_fps"] / r["raw_invoke"]["rate_fps"])
+    assert r["loop"]["latency_ms"]["p95"] >= r["loop"]["latency_ms"]["p50"] > 0
+    assert 0 < r["first_result_s"] < 120
+    assert r["peak_rss_mb"] > 10
+    assert r["loop"]["dropped"] == 0  # a file at full speed loses no frame
+
+
+def test_fetch_copies_and_checks(tmp_path: Path, test_data: Path) -> None:
+    dest = tmp_path / "models"
+    fetch(dest, test_data)
+    for asset in ASSETS:
+        assert sha256_file(dest / asset.name) == asset.sha256
+    fetch(dest, test_data)  # idempotent: already present
+
+
+def test_fetch_rejects_corrupt_copy(tmp_path: Path, test_data: Path) -> None:
+    fake = tmp_path / "data"
+    shutil.copytree(test_data / "coral", fake / "coral")
+    shutil.copytree(test_data / "opencv", fake / "opencv")
+    (fake / "coral" / "imagenet_labels.txt").chmod(0o644)
+    (fake / "coral" / "imagenet_labels.txt").write_text("tampered\n")
+    with pytest.raises(EdgecamError, match="imagenet_labels.txt .* has sha256"):
+        fetch(tmp_path / "models", fake)
+    assert not (tmp_path / "models" / "imagenet_labels.txt").exists()  # nothing half-written kept
+    assert not list((tmp_path / "models").glob(".*"))

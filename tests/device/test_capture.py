@@ -1,0 +1,142 @@
+"""The capture thread: latest-frame slot, drop counting, file hand-over, camera reconnects."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.capture import Captured, CaptureThread, FrameSlot
+from device.sources import OpenCVSource, open_source
+from device.sources.base import Frame, FrameSource
+
+
+def item(i: int) -> Captured:
+    return Captured(Frame(np.zeros((2, 2, 3), np.uint8), time.monotonic(), time.time(), i), np.zeros(1), 0.0)
+
+
+def test_latest_slot_keeps_newest_and_counts_drops() -> None:
+    slot = FrameSlot(drop=True)
+    assert slot.put(item(0)) is None
+    displaced = slot.put(item(1))
+    assert displaced is not None and displaced.frame.index == 0
+    slot.put(item(2))
+    assert slot.dropped == 2
+    got = slot.get(0.1)
+    assert got is not None and got.frame.index == 2
+    assert slot.get(0.05) is None
+
+
+def test_blocking_slot_waits_for_consumer() -> None:
+    slot = FrameSlot(drop=False)
+    slot.put(item(0))
+    done = threading.Event()
+    threading.Thread(target=lambda: (slot.put(item(1)), done.set()), daemon=True).start()
+    assert not done.wait(0.2)  # the producer waits: files lose no frames
+    assert slot.get(0.1).frame.index == 0
+    assert done.wait(2)
+    assert slot.get(0.1).frame.index == 1 and slot.dropped == 0
+
+
+def _run_capture(source: FrameSource, **kwargs) -> tuple[CaptureThread, list[int]]:
+    buffers = lambda: np.zeros((1, 2, 2, 3), np.uint8)  # noqa: E731
+    cap = CaptureThread("t", source, lambda px, out: out, buffers, **kwargs)
+    seen: list[int] = []
+    return cap, seen
+
+
+def test_file_source_every_frame_in_order(test_data: Path) -> None:
+    source = open_source(str(test_data / "opencv" / "vtest.avi"))
+    source.open()
+    cap, seen = _run_capture(source, realtime=False)
+    cap.start()
+    while len(seen) < 40:
+        got = cap.slot.get(1.0)
+        assert got is not None
+        seen.append(got.frame.index)
+        assert got.frame.pixels.shape == (576, 768, 3)
+        time.sleep(0.002)  # slower consumer: a file still loses nothing
+        cap.release(got)
+    cap.stop()
+    cap.join(5)
+    assert seen == list(range(40)) and cap.dropped == 0
+
+
+def test_realtime_file_drops_when_consumer_is_slow(test_data: Path) -> None:
+    source = OpenCVSource(str(test_data / "opencv" / "vtest.avi"), fps=100.0)
+    source.open()
+    cap, seen = _run_capture(source, realtime=True)
+    cap.start()
+    for _ in range(5):
+        got = cap.slot.get(1.0)
+        seen.append(got.frame.index)
+        time.sleep(0.1)  # 10 fps consumer of a 100 fps source
+        cap.release(got)
+    cap.stop()
+    cap.join(5)
+    assert cap.dropped > 10
+    assert seen == sorted(seen) and seen[-1] - seen[0] > 20  # always the newest frame
+
+
+class FlakyCamera(FrameSource):
+    """Stands in for a USB camera that is unplugged after 5 frames and fails to reopen twice."""
+
+    live = True
+
+    def __init__(self) -> None:
+        self.opens = 0
+        self.frames = 0
+
+    def open(self) -> None:
+        from device.errors import SourceError
+
+        self.opens += 1
+        if self.opens in (2, 3):
+            raise SourceError("camera gone")
+
+    def read(self):
+        self.frames += 1
+        if self.frames == 5:
+            return None  # unplugged
+        return np.full((4, 4, 3), self.frames % 256, np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+def test_live_source_reconnects_with_backoff() -> None:
+    cam = FlakyCamera()
+    cam.open()
+    cap, seen = _run_capture(cam, reconnect_max_s=0.5)
+    cap.start()
+    deadline = time.monotonic() + 10
+    while len(seen) < 10 and time.monotonic() < deadline:
+        got = cap.slot.get(0.5)
+        if got is not None:
+            seen.append(got.frame.index)
+            cap.release(got)
+    cap.stop()
+    cap.join(5)
+    assert len(seen) >= 10
+    assert cap.reconnects == 1 and cam.opens == 4
+    assert cap.error is None
+
+
+def test_folder_source_loops(tmp_path: Path, test_data: Path) -> None:
+    for name in ("cat.bmp", "parrot.jpg"):
+        (tmp_path / name).write_bytes((test_data / "coral" / name).read_bytes())
+    (tmp_path / "notes.txt").write_text("ignored")
+    source = open_source(str(tmp_path))
+    source.open()
+    cap, seen = _run_capture(source, loop=True)
+    cap.start()
+    shapes = []
+    for _ in range(5):
+        got = cap.slot.get(1.0)
+        shapes.append(got.frame.pixels.shape)
+        cap.release(got)
+    cap.stop()
+    cap.join(5)
+    assert shapes[0] == shapes[2] == shapes[4] != shapes[1]  # cat, parrot, cat, parrot, cat
