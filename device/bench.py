@@ -20,6 +20,7 @@ from typing import Any
 from device.capture import CaptureThread
 from device.classifier import Classifier, InferenceOptions
 from device.metrics import peak_rss_mb, percentiles
+from device.preprocess import limit_opencv_threads
 from device.sinks import Result
 from device.sources import open_source
 from device.sources.base import Frame
@@ -170,6 +171,7 @@ def run_bench(
     k: int = 3,
 ) -> dict[str, Any]:
     started = process_start_wall()
+    limit_opencv_threads()
     options = InferenceOptions(
         threads=threads, xnnpack=xnnpack, edgetpu=edgetpu, edgetpu_device=edgetpu_device
     )

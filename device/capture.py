@@ -118,8 +118,8 @@ class CaptureThread(threading.Thread):
         super().__init__(name=f"capture-{name}", daemon=True)
         self.source = source
         self.prepare = prepare
-        self.realtime = source.live if realtime is None else realtime
-        self.loop = loop
+        self.realtime = (source.live or source.stand_in) if realtime is None else realtime
+        self.loop = loop or source.stand_in
         self.reconnect_max_s = reconnect_max_s
         self.nice = nice
         self.stop_event = stop or threading.Event()

@@ -26,6 +26,15 @@ _FILTERS = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def limit_opencv_threads(threads: int = 1) -> None:
+    """Keep OpenCV's own thread pool small: the cores belong to the interpreter.
+
+    Resizing a frame is a fraction of a millisecond on one core; OpenCV's parallel workers only
+    fight the interpreter's threads for the CPU.
+    """
+    cv2.setNumThreads(threads)
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB; a clear SourceError when it cannot be read."""
     path = Path(path)

@@ -20,6 +20,7 @@ from device.classifier import Classifier, InferenceOptions
 from device.config import CameraConfig, DeviceConfig, InferenceConfig, ModelConfig
 from device.metrics import CameraStats, cpu_temperature, rss_mb
 from device.mqtt import MqttPublisher, utc_iso
+from device.preprocess import limit_opencv_threads
 from device.sinks import ConsoleSink, MqttClassificationSink, Result, Sink
 from device.sources import open_source
 
@@ -142,6 +143,7 @@ class CameraPipeline:
 class Runner:
     def __init__(self, config: DeviceConfig, max_results: int | None = None):
         self.config = config
+        limit_opencv_threads()
         self.stop_event = threading.Event()
         self.started_wall = time.time()
         self.started_mono = time.monotonic()

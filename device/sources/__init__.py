@@ -78,8 +78,10 @@ def _auto_source(width: int | None, height: int | None, fps: float | None) -> Fr
             log.info("auto source: USB camera 0")
             return source
     if SAMPLE_CLIP.exists():
-        log.info("auto source: no camera found, using the sample clip %s", SAMPLE_CLIP)
-        return OpenCVSource(str(SAMPLE_CLIP), fps=fps)
+        log.info("auto source: no camera found, playing the sample clip %s in a loop", SAMPLE_CLIP)
+        clip = OpenCVSource(str(SAMPLE_CLIP), fps=fps)
+        clip.stand_in = True
+        return clip
     raise SourceError(
         "no camera found (no Pi camera, no /dev/video0) and no sample clip at models/vtest.avi",
         "connect a camera, set cameras[].source, or run `make models` for the sample clip",

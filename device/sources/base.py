@@ -28,6 +28,9 @@ class FrameSource(ABC):
     """
 
     live: bool = False
+    # A file standing in for a camera (the sample clip picked by `auto`): paced at its frame
+    # rate and looped, like a camera.
+    stand_in: bool = False
 
     @abstractmethod
     def open(self) -> None:

@@ -18,16 +18,35 @@ CLI = [sys.executable, "-m", "device.cli"]
 
 def test_bench_json_reports_all_figures(test_data: Path) -> None:
     proc = subprocess.run(
-        [*CLI, "bench", "--model", str(test_data / "coral" / "mobilenet_v1_0.25_128_quant.tflite"),
-         "--source", str(test_data / "opencv" / "vtest.avi"), "--frames", "40", "--threads", "1", "--json"],
-        capture_output=True, text=True, timeout=300,
+        [
+            *CLI,
+            "bench",
+            "--model",
+            str(test_data / "coral" / "mobilenet_v1_0.25_128_quant.tflite"),
+            "--source",
+            str(test_data / "opencv" / "vtest.avi"),
+            "--frames",
+            "40",
+            "--threads",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
-    assert r["loop"]["results"] == 40 and r["sequential"]["results"] == 40 and r["raw_invoke"]["invokes"] == 40
+    assert (
+        r["loop"]["results"] == 40
+        and r["sequential"]["results"] == 40
+        and r["raw_invoke"]["invokes"] == 40
+    )
     for rate in (r["raw_invoke"]["rate_fps"], r["loop"]["rate_fps"], r["sequential"]["rate_fps"]):
         assert rate > 0
-    assert r["ratio_loop_to_raw"] == pytest.approx(r["loop"]["rate_fps"] / r["raw_invoke"]["rate_fps"])
+    assert r["ratio_loop_to_raw"] == pytest.approx(
+        r["loop"]["rate_fps"] / r["raw_invoke"]["rate_fps"]
+    )
     assert r["loop"]["latency_ms"]["p95"] >= r["loop"]["latency_ms"]["p50"] > 0
     assert 0 < r["first_result_s"] < 120
     assert r["peak_rss_mb"] > 10
@@ -48,7 +67,7 @@ def test_fetch_rejects_corrupt_copy(tmp_path: Path, test_data: Path) -> None:
     shutil.copytree(test_data / "opencv", fake / "opencv")
     (fake / "coral" / "imagenet_labels.txt").chmod(0o644)
     (fake / "coral" / "imagenet_labels.txt").write_text("tampered\n")
-    with pytest.raises(EdgecamError, match="imagenet_labels.txt .* has sha256"):
+    with pytest.raises(EdgecamError, match=r"imagenet_labels\.txt .* has sha256"):
         fetch(tmp_path / "models", fake)
     assert not (tmp_path / "models" / "imagenet_labels.txt").exists()  # nothing half-written kept
     assert not list((tmp_path / "models").glob(".*"))

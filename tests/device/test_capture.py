@@ -14,7 +14,9 @@ from device.sources.base import Frame, FrameSource
 
 
 def item(i: int) -> Captured:
-    return Captured(Frame(np.zeros((2, 2, 3), np.uint8), time.monotonic(), time.time(), i), np.zeros(1), 0.0)
+    return Captured(
+        Frame(np.zeros((2, 2, 3), np.uint8), time.monotonic(), time.time(), i), np.zeros(1), 0.0
+    )
 
 
 def test_latest_slot_keeps_newest_and_counts_drops() -> None:
@@ -130,7 +132,7 @@ def test_folder_source_loops(tmp_path: Path, test_data: Path) -> None:
     (tmp_path / "notes.txt").write_text("ignored")
     source = open_source(str(tmp_path))
     source.open()
-    cap, seen = _run_capture(source, loop=True)
+    cap, _ = _run_capture(source, loop=True)
     cap.start()
     shapes = []
     for _ in range(5):
@@ -140,3 +142,27 @@ def test_folder_source_loops(tmp_path: Path, test_data: Path) -> None:
     cap.stop()
     cap.join(5)
     assert shapes[0] == shapes[2] == shapes[4] != shapes[1]  # cat, parrot, cat, parrot, cat
+
+
+def test_auto_source_falls_back_to_sample_clip(
+    tmp_path: Path, test_data: Path, monkeypatch
+) -> None:
+    import os
+
+    from device.errors import SourceError
+
+    if os.path.exists("/dev/video0"):
+        import pytest
+
+        pytest.skip("a USB camera is attached: auto would pick it")
+    monkeypatch.chdir(tmp_path)
+    with __import__("pytest").raises(SourceError, match="no camera found"):
+        open_source("auto")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "vtest.avi").symlink_to(test_data / "opencv" / "vtest.avi")
+    source = open_source("auto")  # no picamera2 here, no /dev/video0: the sample clip
+    assert isinstance(source, OpenCVSource) and source.stand_in
+    source.open()
+    cap, _ = _run_capture(source)
+    assert cap.realtime and cap.loop  # paced and looped like a camera
+    source.close()

@@ -39,7 +39,9 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
 
 def test_unknown_key_names_key_path_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("device_id: pi\nmqtt:\n  host: broker\n  pasword: x\ncameras:\n  - name: a\n    sorce: 0\n")
+    path.write_text(
+        "device_id: pi\nmqtt:\n  host: broker\n  pasword: x\ncameras:\n  - name: a\n    sorce: 0\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
@@ -70,15 +72,25 @@ def test_password_from_environment_is_secret(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_validate_cli(tmp_path: Path) -> None:
-    ok = subprocess.run([*CLI, "validate", "--config", str(REPO / "config" / "device.example.yaml")],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [*CLI, "validate", "--config", str(REPO / "config" / "device.example.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "valid" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("inference:\n  thread: 4\n")
-    proc = subprocess.run([*CLI, "validate", "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*CLI, "validate", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "line 2: inference.thread: unknown key 'thread'" in proc.stderr
-    missing = subprocess.run([*CLI, "validate", "--config", str(tmp_path / "none.yaml")],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [*CLI, "validate", "--config", str(tmp_path / "none.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "config file not found" in missing.stderr

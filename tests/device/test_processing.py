@@ -17,8 +17,14 @@ def tensor(dtype, scale=0.0, zp=0, h=4, w=6) -> TensorInfo:
 
 
 def test_label_formats() -> None:
-    assert parse_labels("background\ntench, Tinca tinca\n") == {0: "background", 1: "tench, Tinca tinca"}
-    assert parse_labels("   0  background\n   1  tench, Tinca tinca") == {0: "background", 1: "tench, Tinca tinca"}
+    assert parse_labels("background\ntench, Tinca tinca\n") == {
+        0: "background",
+        1: "tench, Tinca tinca",
+    }
+    assert parse_labels("   0  background\n   1  tench, Tinca tinca") == {
+        0: "background",
+        1: "tench, Tinca tinca",
+    }
     assert parse_labels("0:cat\n2:dog\n") == {0: "cat", 2: "dog"}
     # A label that merely starts with a number in a plain file stays a label.
     assert parse_labels("7 dwarfs\nsnow white\n") == {0: "7 dwarfs", 1: "snow white"}
@@ -70,7 +76,9 @@ def test_preprocessor_writes_preallocated_buffer() -> None:
     assert result is out and out.shape == (1, 4, 6, 3)
     assert (out[0, :, 0] == (255, 0, 0)).all() and (out[0, :, -1] == 0).all()
     # ROI on the right half sees only black.
-    pre_roi = Preprocessor(InputSpec(), tensor(np.uint8, 1 / 128, 128, h=4, w=6), roi=(0.5, 0, 0.5, 1))
+    pre_roi = Preprocessor(
+        InputSpec(), tensor(np.uint8, 1 / 128, 128, h=4, w=6), roi=(0.5, 0, 0.5, 1)
+    )
     assert (pre_roi.process(frame) == 0).all()
     # Float model with normalisation.
     pre_f = Preprocessor(make_input_spec(mean=127.5, std=127.5), tensor(np.float32, h=4, w=6))
