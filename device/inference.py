@@ -196,11 +196,16 @@ class InferenceBackend:
         # Probe with ctypes first: the runtime's own load_delegate prints a traceback from its
         # destructor when the library is missing.
         try:
-            ctypes.CDLL(library)
+            lib = ctypes.CDLL(library)
         except OSError:
             raise EdgeTPUError(
                 f"Edge TPU runtime library {library} not found", CORAL_INSTALL
             ) from None
+        if not hasattr(lib, "tflite_plugin_create_delegate"):
+            raise EdgeTPUError(
+                f"{library} is not a TFLite delegate library (no tflite_plugin_create_delegate)",
+                "unset EDGECAM_EDGETPU_LIB or point it at libedgetpu.so.1; " + CORAL_INSTALL,
+            )
         options = {"device": device} if device else {}
         try:
             return self.runtime.load_delegate(library, options)

@@ -43,7 +43,13 @@ def free_port() -> int:
 class Broker:
     """A real Mosquitto broker on a free loopback port, restartable for outage tests."""
 
-    def __init__(self, workdir: Path, port: int | None = None, password_file: Path | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        password_file: Path | None = None,
+        extra: list[str] | None = None,
+    ):
         self.exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.exe).exists():
             pytest.skip("mosquitto not installed: run `make install` (apt-get install mosquitto)")
@@ -64,6 +70,7 @@ class Broker:
             lines += ["allow_anonymous false", f"password_file {password_file}"]
         else:
             lines.append("allow_anonymous true")
+        lines += extra or []  # e.g. a second (TLS) listener
         self.conf.write_text("\n".join(lines) + "\n")
         self.log = workdir / f"mosquitto-{self.port}.log"
 
