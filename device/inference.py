@@ -188,6 +188,8 @@ class InferenceBackend:
         self.output = TensorInfo.from_details(self.interpreter.get_output_details()[0])
         self.num_classes = int(np.prod(self.output.shape[1:])) if self.output.shape else 0
         self._check_labels()
+        if bundle.variant == "unknown":  # a bare .tflite: name it from its tensors
+            bundle.variant = "int8" if self.input.dtype in (np.uint8, np.int8) else "float32"
         self.backend_name = self.runtime.name + ("+edgetpu" if edgetpu else "")
 
     # -- setup -------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ def test_run_publishes_status_classifications_metrics_and_offline(
         assert set(status["model"]) >= {"name", "sha256", "variant", "backend"}
         assert status["model"]["sha256"].startswith("7aad0c74c5e3c06e")
         assert status["model"]["backend"] == "ai_edge_litert"
+        assert status["model"]["variant"] == "int8"  # derived from the uint8 input tensor
         assert ISO_MS.match(status["started_at"])
     finally:
         rc = stop(proc)
