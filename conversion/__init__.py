@@ -1,1 +1,5 @@
-"""edgecam conversion package."""
+"""edgecam conversion: TFLite variants, int8 calibration, Edge TPU compile, verification gate.
+
+Importing this package is cheap; TensorFlow is imported only by the modules that convert
+(``conversion.network``, ``conversion.converter``), when a conversion runs.
+"""

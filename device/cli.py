@@ -168,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.log_level)
-    return run(config, max_results=args.frames)
+    return run(config, max_results=args.frames, config_path=args.config)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

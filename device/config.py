@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from device.alerts.config import AlertsConfig
 from device.errors import ConfigError
 
 _TOPIC_SAFE = r"^[A-Za-z0-9_.-]+$"
@@ -231,6 +232,11 @@ class DeviceConfig(Section):
         default_factory=ConsoleConfig, description="Console / JSON-lines output."
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Runtime metrics.")
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig,
+        description="Alert rules, events, snapshots, outbox, Home Assistant discovery, commands "
+        "(docs/alerts.md).",
+    )
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> DeviceConfig:

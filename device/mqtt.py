@@ -22,6 +22,8 @@ from device.errors import ConfigError, EdgecamError
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+AckHook = Callable[[int, bool], None]  # (message id, rejected by the broker)
+ConnectHook = Callable[[], None]
 
 
 def _paho() -> Any:
@@ -51,6 +53,8 @@ class MqttPublisher:
         self.status_topic = f"{self.prefix}/status"
         self._status = dict(status)
         self._handlers: dict[str, MessageHandler] = {}
+        self._ack_hooks: list[AckHook] = []
+        self._connect_hooks: list[ConnectHook] = []
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.connects = 0
@@ -81,6 +85,7 @@ class MqttPublisher:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
@@ -132,6 +137,17 @@ class MqttPublisher:
                 log.warning("MQTT: offline status not confirmed: %s", exc)
         self.client.disconnect()
         self.client.loop_stop()
+
+    def add_ack_hook(self, hook: AckHook) -> None:
+        """Call ``hook(mid, rejected)`` when a published message has left (QoS 0) or the broker
+        acknowledged it (QoS 1 PUBACK). Runs in paho's network thread with paho's lock held: the
+        hook must only hand the id on (e.g. to a queue), never block or publish."""
+        self._ack_hooks.append(hook)
+
+    def add_connect_hook(self, hook: ConnectHook) -> None:
+        """Call ``hook()`` after every (re)connect, once status and subscriptions are sent.
+        Runs in paho's network thread: it may publish, it must not block."""
+        self._connect_hooks.append(hook)
 
     def subscribe(self, topic: str, handler: MessageHandler) -> None:
         """Subscribe now and after every reconnect."""
@@ -188,6 +204,21 @@ class MqttPublisher:
         for topic in topics:
             client.subscribe(topic, qos=1)
         self.connected.set()
+        for hook in self._connect_hooks:
+            try:
+                hook()
+            except Exception:  # a hook bug must not kill paho's network thread
+                log.exception("MQTT: connect hook failed")
+
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        rejected = bool(getattr(reason_code, "is_failure", False))
+        for hook in self._ack_hooks:
+            try:
+                hook(mid, rejected)
+            except Exception:
+                log.exception("MQTT: publish hook failed")
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         if self._outage_logged:

@@ -12,7 +12,9 @@ import platform
 import signal
 import threading
 import time
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from device import __version__
 from device.capture import CaptureThread
@@ -23,6 +25,9 @@ from device.mqtt import MqttPublisher, utc_iso
 from device.preprocess import limit_opencv_threads
 from device.sinks import ConsoleSink, MqttClassificationSink, Result, Sink
 from device.sources import open_source
+
+if TYPE_CHECKING:
+    from device.alerts.service import AlertService
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +146,12 @@ class CameraPipeline:
 
 
 class Runner:
-    def __init__(self, config: DeviceConfig, max_results: int | None = None):
+    def __init__(
+        self,
+        config: DeviceConfig,
+        max_results: int | None = None,
+        config_path: str | Path | None = None,
+    ):
         self.config = config
         limit_opencv_threads()
         self.stop_event = threading.Event()
@@ -172,6 +182,10 @@ class Runner:
         if config.mqtt.enabled:
             self.publisher = MqttPublisher(config.mqtt, config.device_id, self.status)
             self.sinks.append(MqttClassificationSink(self.publisher, config.mqtt))
+        self.alerts: AlertService | None = None
+        if config.alerts.enabled:
+            self.alerts = self._build_alerts(first, config_path)
+            self.sinks.append(self.alerts)
         try:
             for cam, classifier in zip(config.cameras, classifiers, strict=True):
                 self.pipelines.append(
@@ -183,6 +197,31 @@ class Runner:
             for p in self.pipelines:
                 p.source.close()
             raise
+
+    def _build_alerts(self, first: Classifier, config_path: str | Path | None) -> AlertService:
+        from device.alerts.service import AlertService
+
+        config = self.config
+        cameras = {c.name: c for c in config.cameras}
+
+        def roi_classifier(camera: str, roi: Sequence[float]) -> Classifier:
+            # a rule's roi is a crop of the full frame, classified by its own interpreter
+            return build_classifier(config.model, config.inference, list(roi))
+
+        return AlertService(
+            config.alerts,
+            device_id=config.device_id,
+            cameras=list(cameras),
+            labels=first.bundle.labels,
+            publisher=self.publisher,
+            topic_prefix=config.mqtt.topic_prefix,
+            classifier_factory=roi_classifier,
+            top_k=config.inference.top_k,
+            config_path=config_path,
+            version=__version__,
+            model_name=first.bundle.name,
+            model_ref=first.bundle.ref,
+        )
 
     def metrics(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -198,6 +237,8 @@ class Runner:
                 "outages": self.publisher.outages,
                 "published": self.publisher.published,
             }
+        if self.alerts is not None:
+            payload["alerts"] = self.alerts.metrics()
         return payload
 
     def _publish_metrics(self) -> None:
@@ -224,6 +265,8 @@ class Runner:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
+        if self.alerts is not None:
+            self.alerts.start()
         if self.publisher is not None:
             self.publisher.start()
         for p in self.pipelines:
@@ -247,6 +290,8 @@ class Runner:
         self.stop_event.set()
         for p in self.pipelines:
             p.join()
+        if self.alerts is not None:
+            self.alerts.stop()  # ends active events, flushes the outbox while still connected
         self._publish_metrics()
         if self.publisher is not None:
             self.publisher.stop()
@@ -255,5 +300,7 @@ class Runner:
         log.info("stopped")
 
 
-def run(config: DeviceConfig, max_results: int | None = None) -> int:
-    return Runner(config, max_results).run()
+def run(
+    config: DeviceConfig, max_results: int | None = None, config_path: str | Path | None = None
+) -> int:
+    return Runner(config, max_results, config_path).run()

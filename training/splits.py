@@ -256,7 +256,9 @@ def make_split(
     return manifest
 
 
-def _fixed_split(folder_split: str | None, previous: str | None, has_val_folder: bool) -> str | None:
+def _fixed_split(
+    folder_split: str | None, previous: str | None, has_val_folder: bool
+) -> str | None:
     """The split an image must keep, or None when it is free to be assigned."""
     if folder_split in ("test", "val"):
         return folder_split

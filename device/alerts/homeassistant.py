@@ -1,0 +1,150 @@
+"""Home Assistant MQTT discovery: one HA device per edgecam device, entities per camera and rule.
+
+Config topics follow ``<discovery_prefix>/<component>/<node_id>/<object_id>/config`` and are
+published retained (QoS 1) on every (re)connect; a rule removed by ``reload`` gets an empty
+retained config, which removes its entity. Entities (keys as in HA's MQTT integration schemas):
+
+- ``binary_sensor`` per (camera, rule): on while an event is active; state from the retained
+  ``<prefix>/<device>/<camera>/rule/<rule>`` JSON (``value_json.state`` is ON / OFF, the rest are
+  attributes: event_id, label, score, ts);
+- ``sensor`` per camera: the current top label, and its score in % (from ``classification``);
+- ``image`` per camera: the last snapshot (JPEG bytes on ``<camera>/snapshot``).
+
+Every entity is tied to the device block and takes its availability from the retained
+``status`` topic (JSON; ``availability_template`` picks ``state``: online / offline).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from device.alerts.config import HomeAssistantConfig, RuleConfig
+
+
+def ha_id(text: str) -> str:
+    """node_id / object_id: HA allows [a-zA-Z0-9_-] only."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def rule_state_topic(prefix: str, camera: str, rule: str) -> str:
+    """``prefix`` is ``<topic_prefix>/<device_id>``."""
+    return f"{prefix}/{camera}/rule/{rule}"
+
+
+class Discovery:
+    def __init__(
+        self,
+        cfg: HomeAssistantConfig,
+        device_id: str,
+        prefix: str,
+        status_topic: str,
+        version: str,
+        model_name: str,
+    ):
+        self.cfg = cfg
+        self.device_id = device_id
+        self.prefix = prefix
+        self.node = ha_id(f"edgecam_{device_id}")
+        self.device = {
+            "identifiers": [self.node],
+            "name": cfg.name or device_id,
+            "manufacturer": "edgecam",
+            "model": f"edgecam camera ({model_name})",
+            "sw_version": version,
+        }
+        self.origin = {"name": "edgecam", "sw_version": version}
+        self.availability = {
+            "availability_topic": status_topic,
+            "availability_template": "{{ value_json.state }}",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }
+
+    def _topic(self, component: str, object_id: str) -> str:
+        return f"{self.cfg.discovery_prefix}/{component}/{self.node}/{ha_id(object_id)}/config"
+
+    def _entity(self, object_id: str, name: str, **keys: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "unique_id": f"{self.node}_{ha_id(object_id)}",
+            **keys,
+            **self.availability,
+            "device": self.device,
+            "origin": self.origin,
+        }
+
+    def rule_config(self, camera: str, rule: RuleConfig) -> tuple[str, dict[str, Any]]:
+        object_id = f"{camera}_{rule.name}"
+        state = rule_state_topic(self.prefix, camera, rule.name)
+        keys: dict[str, Any] = {
+            "state_topic": state,
+            "value_template": "{{ value_json.state }}",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "json_attributes_topic": state,
+            "qos": 1,
+        }
+        if rule.device_class:
+            keys["device_class"] = rule.device_class
+        return self._topic("binary_sensor", object_id), self._entity(
+            object_id, f"{camera} {rule.name}", **keys
+        )
+
+    def camera_configs(self, camera: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        classification = f"{self.prefix}/{camera}/classification"
+        if self.cfg.top_label_sensor:
+            oid = f"{camera}_top_label"
+            out.append(
+                (
+                    self._topic("sensor", oid),
+                    self._entity(
+                        oid,
+                        f"{camera} top label",
+                        state_topic=classification,
+                        value_template="{{ value_json.top[0].label if value_json.top else 'none' }}",
+                        icon="mdi:tag-search",
+                    ),
+                )
+            )
+            oid = f"{camera}_top_score"
+            out.append(
+                (
+                    self._topic("sensor", oid),
+                    self._entity(
+                        oid,
+                        f"{camera} top score",
+                        state_topic=classification,
+                        value_template="{{ ((value_json.top[0].score if value_json.top else 0)"
+                        " * 100) | round(1) }}",
+                        unit_of_measurement="%",
+                        state_class="measurement",
+                        icon="mdi:percent",
+                    ),
+                )
+            )
+        oid = f"{camera}_snapshot"
+        out.append(
+            (
+                self._topic("image", oid),
+                self._entity(
+                    oid,
+                    f"{camera} snapshot",
+                    image_topic=f"{self.prefix}/{camera}/snapshot",
+                    content_type="image/jpeg",
+                ),
+            )
+        )
+        return out
+
+    def configs(
+        self, cameras: Sequence[str], rules_by_camera: dict[str, list[RuleConfig]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for cam in cameras:
+            out.extend(self.camera_configs(cam))
+            for rule in rules_by_camera.get(cam, []):
+                out.append(self.rule_config(cam, rule))
+        return out
