@@ -108,13 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (main() may run several times)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     root = logging.getLogger()
-    if not any(getattr(h, "_edgecam", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._edgecam = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
 
@@ -190,7 +201,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = args.out or (args.runs_dir / (args.name or default_run_name(args.data)))
     if args.resume:
         from training.runfolder import CONFIG
+        from training.train import check_run_dir
 
+        check_run_dir(run_dir, resume=True)
         file_values = read_config_file(run_dir / CONFIG)
         overrides: dict[str, Any] = {}
         source = str(run_dir / CONFIG)
