@@ -40,14 +40,44 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"image not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"cannot read image {path}: {exc.strerror}") from None
+    image = decode_image(data)
     if image is None:
         raise SourceError(
             f"cannot decode image {path}",
             f"use a JPEG, PNG or BMP file ({', '.join(IMAGE_SUFFIXES)})",
         )
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def decode_image(data: bytes) -> np.ndarray | None:
+    """Decode encoded image bytes (JPEG, PNG, BMP, ...) to HxWx3 uint8 RGB; None if it cannot.
+
+    OpenCV's colour mode: EXIF orientation applied, grayscale expanded to three channels, alpha
+    dropped, 16-bit reduced to 8-bit.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB) if buf.size else None
+
+
+def resize(
+    image: np.ndarray,
+    height: int,
+    width: int,
+    interpolation: str = "bilinear",
+    dst: np.ndarray | None = None,
+) -> np.ndarray:
+    """Resize to exactly (height, width): the one resize that training, conversion and the
+    device all use (OpenCV, half-pixel centres, no antialias)."""
+    if image.shape[:2] == (height, width):
+        if dst is None:
+            return image
+        np.copyto(dst, image)
+        return dst
+    return cv2.resize(image, (width, height), dst=dst, interpolation=_FILTERS[interpolation])
 
 
 def build_lut(spec: InputSpec, tensor: TensorInfo) -> np.ndarray | None:
@@ -117,7 +147,6 @@ class Preprocessor:
         self.tensor = tensor
         self.roi = tuple(roi) if roi is not None else None
         _, self.height, self.width, _ = tensor.shape
-        self.interpolation = _FILTERS[spec.resize]
         self.lut = build_lut(spec, tensor)
         self._resized = np.empty((self.height, self.width, 3), dtype=np.uint8)
 
@@ -137,23 +166,9 @@ class Preprocessor:
         y0, y1, x0, x1 = crop_box(h, w, (self.height, self.width), self.spec.crop, self.roi)
         region = frame[y0:y1, x0:x1]
         if self.lut is None:
-            target = out[0]
-            if region.shape[:2] == (self.height, self.width):
-                np.copyto(target, region)
-            else:
-                cv2.resize(
-                    region, (self.width, self.height), dst=target, interpolation=self.interpolation
-                )
+            resize(region, self.height, self.width, self.spec.resize, dst=out[0])
             return out
-        if region.shape[:2] == (self.height, self.width):
-            np.copyto(self._resized, region)
-        else:
-            cv2.resize(
-                region,
-                (self.width, self.height),
-                dst=self._resized,
-                interpolation=self.interpolation,
-            )
+        resize(region, self.height, self.width, self.spec.resize, dst=self._resized)
         for c in range(3):
             out[0, :, :, c] = self.lut[c][self._resized[:, :, c]]
         return out

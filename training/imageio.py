@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from device.preprocess import decode_image, resize
 
 log = logging.getLogger(__name__)
 
@@ -21,23 +22,18 @@ class ImageDecodeError(ValueError):
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, BMP, ...) to an HxWx3 uint8 RGB array.
-
-    OpenCV's colour mode: EXIF orientation applied, grayscale expanded to 3 channels, alpha
-    dropped, 16-bit reduced to 8-bit.
-    """
-    buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB) if buf.size else None
+    """Decode encoded image bytes (JPEG, PNG, BMP, ...) to an HxWx3 uint8 RGB array
+    (the device's own decoder: grayscale expanded to 3 channels, alpha dropped)."""
+    img = decode_image(data)
     if img is None:
         raise ImageDecodeError("cannot decode image data")
     return img
 
 
 def resize_rgb(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize (no antialias, no crop) to exactly (height, width)."""
-    if img.shape[0] == height and img.shape[1] == width:
-        return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    """Bilinear resize (no antialias, no crop) to exactly (height, width), through the
+    device's preprocessing so that training and the Pi see the same pixels."""
+    return resize(img, height, width, "bilinear")
 
 
 def load_rgb(path: str | Path, height: int, width: int) -> np.ndarray:
