@@ -78,8 +78,8 @@ def test_realtime_file_drops_when_consumer_is_slow(test_data: Path) -> None:
         cap.release(got)
     cap.stop()
     cap.join(5)
-    assert cap.dropped > 10
-    assert seen == sorted(seen) and seen[-1] - seen[0] > 20  # always the newest frame
+    assert cap.dropped > 5
+    assert seen == sorted(seen) and seen[-1] - seen[0] > 10  # always the newest frame
 
 
 class FlakyCamera(FrameSource):
