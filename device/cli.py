@@ -34,6 +34,11 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
     )
     p.add_argument("--resize", choices=["bilinear", "area", "nearest"], help="resize filter")
     p.add_argument("--crop", choices=["none", "center"], help="centre-crop to the model's aspect")
+    p.add_argument(
+        "--allow-failed-gate",
+        action="store_true",
+        help="run a bundle whose verification gate failed in `make convert`",
+    )
     p.add_argument("--threads", type=int, help="interpreter CPU threads")
     p.add_argument("--no-xnnpack", action="store_true", help="disable the XNNPACK delegate")
     p.add_argument("--edgetpu", action="store_true", help="run on a Coral Edge TPU")
@@ -98,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _input_overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {"mean": args.mean, "std": args.std, "resize": args.resize, "crop": args.crop}
+    return {
+        "mean": args.mean,
+        "std": args.std,
+        "resize": args.resize,
+        "crop": args.crop,
+        "allow_failed_gate": args.allow_failed_gate,
+    }
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

@@ -61,6 +61,10 @@ class ModelConfig(Section):
     resize: Literal["bilinear", "area", "nearest"] | None = Field(
         None, description="Resize filter; null: the model manifest's (default bilinear)."
     )
+    allow_failed_gate: bool = Field(
+        False,
+        description="Run a bundle whose verification gate failed in `make convert` (refused by default).",
+    )
     crop: Literal["none", "center"] | None = Field(
         None,
         description="Centre-crop to the model's aspect ratio before resizing; null: the manifest's.",

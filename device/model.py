@@ -136,6 +136,34 @@ def read_tflite(path: Path) -> bytes:
     return data
 
 
+def _check_gate(manifest: dict[str, Any], tflite: Path, allow: bool) -> None:
+    """Refuse a bundle whose verification gate failed (`make convert` marks it in model.json)."""
+    verification = manifest.get("verification") or {}
+    status = verification.get("variant_gate", verification.get("gate"))
+    if status != "failed":
+        return
+    metrics = manifest.get("metrics") or {}
+    drop = metrics.get("accuracy_drop_points")
+    lost = (
+        f" lost {drop:.2f} accuracy points" if isinstance(drop, int | float) else " lost accuracy"
+    )
+    limit = verification.get("max_drop")
+    message = (
+        f"{tflite.parent} failed its verification gate: the {manifest.get('variant', '?')} variant"
+        f"{lost} against {verification.get('reference', 'float32')}"
+        + (f" (allowed: {limit})" if limit is not None else "")
+    )
+    if allow:
+        log.warning("%s; running it anyway (allow_failed_gate)", message)
+        return
+    raise ModelError(
+        message,
+        "deploy a variant that passed (see verification.md beside the bundles), or recalibrate "
+        "and convert again; to run it anyway set model.allow_failed_gate: true "
+        "(--allow-failed-gate)",
+    )
+
+
 def load_bundle(
     model: str | Path,
     labels: str | Path | None = None,
@@ -144,6 +172,7 @@ def load_bundle(
     std: Any = None,
     resize: str | None = None,
     crop: str | None = None,
+    allow_failed_gate: bool = False,
 ) -> tuple[ModelBundle, bytes]:
     """Load a bundle folder or a bare .tflite; return the bundle and the model bytes.
 
@@ -167,6 +196,8 @@ def load_bundle(
             f"{tflite} does not match its manifest (sha256 {sha[:12]} != {manifest['sha256'][:12]})",
             "the bundle was modified or copied incompletely: copy the whole bundle folder again",
         )
+
+    _check_gate(manifest, tflite, allow_failed_gate)
 
     spec_in = manifest.get("input", {})
     base = InputSpec(

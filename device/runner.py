@@ -53,6 +53,7 @@ def build_classifier(
         std=model.std,
         resize=model.resize,
         crop=model.crop,
+        allow_failed_gate=model.allow_failed_gate,
     )
 
 

@@ -273,3 +273,55 @@ print("RUNTIME", c.backend.runtime.name)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
     assert "RUNTIME ai_edge_litert" in proc.stdout
+
+
+def test_bundle_that_failed_its_gate_is_refused(tmp_path: Path, test_data: Path) -> None:
+    import hashlib
+    import shutil
+
+    coral = test_data / "coral"
+    bundle = tmp_path / "int8"
+    bundle.mkdir()
+    shutil.copyfile(coral / "mobilenet_v2_1.0_224_quant.tflite", bundle / "model.tflite")
+    shutil.copyfile(coral / "imagenet_labels.txt", bundle / "labels.txt")
+    sha = hashlib.sha256((bundle / "model.tflite").read_bytes()).hexdigest()
+    manifest = {
+        "name": "henhouse",
+        "variant": "int8",
+        "sha256": sha,
+        "input": {
+            "height": 224,
+            "width": 224,
+            "color": "RGB",
+            "resize": "bilinear",
+            "crop": "none",
+        },
+        "metrics": {"accuracy_drop_points": 22.7},
+        "verification": {
+            "gate": "failed",
+            "variant_gate": "failed",
+            "max_drop": 1.0,
+            "reference": "float32",
+        },
+    }
+    (bundle / "model.json").write_text(json.dumps(manifest))
+    proc = classify(coral / "cat.bmp", "--model", bundle, check=False)
+    assert_clean_error(
+        proc, "failed its verification gate", "22.70 accuracy points", "allow_failed_gate"
+    )
+    forced = classify(coral / "cat.bmp", "--model", bundle, "--allow-failed-gate", "--json")
+    assert as_json(forced)[0]["top"][0]["label"] == "Egyptian cat"
+    assert "running it anyway" in forced.stderr
+    # A passed gate (or none recorded) loads as usual; the manifest's name is used.
+    manifest["verification"]["variant_gate"] = "passed"
+    (bundle / "model.json").write_text(json.dumps(manifest))
+    assert (
+        as_json(classify(coral / "cat.bmp", "--model", bundle, "--json"))[0]["top"][0]["index"]
+        == 286
+    )
+    # A tampered model.tflite no longer matches the manifest's sha256.
+    with (bundle / "model.tflite").open("ab") as f:
+        f.write(b"\0")
+    assert_clean_error(
+        classify(coral / "cat.bmp", "--model", bundle, check=False), "does not match its manifest"
+    )
