@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.errors import TrainingError
+from training.errors import TrainingError, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     try:
         return COMMANDS[args.command](args)
+    except TrainingInterrupted as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 130
     except TrainingError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -21,3 +21,7 @@ class WeightsError(TrainingError):
 
 class RunError(TrainingError):
     """A run folder is missing, incomplete or would be overwritten."""
+
+
+class TrainingInterrupted(TrainingError):
+    """The user stopped training (Ctrl-C / SIGTERM); the run folder can be resumed."""

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ def _train(
     import keras
 
     from training.history import HistoryFile
+    from training.interrupt import KeepBackupWhenStopped, StopOnSignal, TrainingInterrupted
 
     data_dir = scan.root
     manifest_path = _manifest_location(config, data_dir, run_dir)
@@ -207,6 +209,7 @@ def _train(
                 metrics=["accuracy"],
             )
         recorder = HistoryFile(history, phase)
+        stopper = StopOnSignal()
         callbacks = [
             keras.callbacks.ModelCheckpoint(
                 best_path,
@@ -217,8 +220,9 @@ def _train(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=config.patience, restore_best_weights=True
             ),
-            keras.callbacks.BackupAndRestore(str(run_dir / runfolder.BACKUP / f"phase{phase}")),
+            KeepBackupWhenStopped(str(run_dir / runfolder.BACKUP / f"phase{phase}"), stopper),
             recorder,
+            stopper,
         ]
         fit = model.fit(
             train_ds,
@@ -230,6 +234,11 @@ def _train(
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=2 if log.isEnabledFor(logging.INFO) else 0,
         )
+        if stopper.received is not None:
+            raise TrainingInterrupted(
+                f"training stopped by {signal.Signals(stopper.received).name} in phase {phase}; "
+                f"continue it with: edgecam-train train {data_dir} --out {run_dir} --resume"
+            )
         # The history file also holds epochs from before a resume.
         epoch = max((r["epoch"] for r in recorder.records), default=epoch)
         log.debug("phase %d ran %d epoch(s)", phase, len(fit.history.get("loss", [])))
