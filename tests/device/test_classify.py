@@ -25,14 +25,21 @@ def as_json(proc: subprocess.CompletedProcess[str]) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
-def test_parrot_is_scarlet_macaw(test_data: Path) -> None:
-    coral = test_data / "coral"
-    proc = classify(
+def parrot_args(coral: Path) -> list[str | Path]:
+    """parrot.jpg with Coral's iNaturalist bird model and its labels."""
+    return [
         coral / "parrot.jpg",
         "--model",
         coral / "mobilenet_v2_1.0_224_inat_bird_quant.tflite",
         "--labels",
         coral / "inat_bird_labels.txt",
+    ]
+
+
+def test_parrot_is_scarlet_macaw(test_data: Path) -> None:
+    coral = test_data / "coral"
+    proc = classify(
+        *parrot_args(coral),
         "--json",
     )
     [record] = as_json(proc)
@@ -47,11 +54,7 @@ def test_parrot_is_scarlet_macaw(test_data: Path) -> None:
 def test_plain_output_lines(test_data: Path) -> None:
     coral = test_data / "coral"
     proc = classify(
-        coral / "parrot.jpg",
-        "--model",
-        coral / "mobilenet_v2_1.0_224_inat_bird_quant.tflite",
-        "--labels",
-        coral / "inat_bird_labels.txt",
+        *parrot_args(coral),
         "--top-k",
         "2",
     )
@@ -66,11 +69,7 @@ def test_resize_filter_changes_score_as_published(test_data: Path, resize: str, 
     # Coral's data README: about 0.70 (bilinear) to 0.78 (nearest) on CPU.
     coral = test_data / "coral"
     proc = classify(
-        coral / "parrot.jpg",
-        "--model",
-        coral / "mobilenet_v2_1.0_224_inat_bird_quant.tflite",
-        "--labels",
-        coral / "inat_bird_labels.txt",
+        *parrot_args(coral),
         "--json",
         "--resize",
         resize,
@@ -153,11 +152,7 @@ def test_bird_model_chickadee_with_mean_std_identity(test_data: Path) -> None:
 def test_centre_crop_runs_and_changes_input(test_data: Path) -> None:
     coral = test_data / "coral"
     args = [
-        coral / "parrot.jpg",
-        "--model",
-        coral / "mobilenet_v2_1.0_224_inat_bird_quant.tflite",
-        "--labels",
-        coral / "inat_bird_labels.txt",
+        *parrot_args(coral),
         "--json",
     ]
     full = as_json(classify(*args))[0]["top"][0]
