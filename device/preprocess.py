@@ -23,6 +23,7 @@ from device.model import InputSpec
 log = logging.getLogger(__name__)
 
 _FILTERS = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+_IMREAD_COLOR_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -60,7 +61,12 @@ def decode_image(data: bytes) -> np.ndarray | None:
     dropped, 16-bit reduced to 8-bit.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB) if buf.size else None
+    if not buf.size:
+        return None
+    if _IMREAD_COLOR_RGB is not None:
+        return cv2.imdecode(buf, _IMREAD_COLOR_RGB)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # OpenCV < 4.11 (the Pi OS Bookworm pin)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def resize(

@@ -51,4 +51,9 @@ def thumbnail(gray: np.ndarray) -> np.ndarray:
 
 def hamming_matrix(block: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     """Hamming distances between 64-bit hashes: (len(block), len(hashes)) uint8."""
-    return np.bitwise_count(block[:, None] ^ hashes[None, :]).astype(np.uint8)
+    xor = block[:, None] ^ hashes[None, :]
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(xor).astype(np.uint8)
+    # numpy 1.x: count the set bits of the 8 bytes of each 64-bit value
+    as_bytes = np.ascontiguousarray(xor).view(np.uint8).reshape(*xor.shape, 8)
+    return np.unpackbits(as_bytes, axis=-1).sum(axis=-1, dtype=np.uint8)
