@@ -49,7 +49,9 @@ def _serialise(result: Result) -> int:
     return len(json.dumps(result.payload(), separators=(",", ":")))
 
 
-def _loop_phase(classifier: Classifier, source_spec: str, frames: int, k: int) -> dict[str, Any]:
+def _loop_phase(
+    classifier: Classifier, source_spec: str, frames: int, k: int, realtime: bool = False
+) -> dict[str, Any]:
     source = open_source(source_spec)
     source.open()
     stop = threading.Event()
@@ -58,7 +60,7 @@ def _loop_phase(classifier: Classifier, source_spec: str, frames: int, k: int) -
         source,
         classifier.prepare,
         classifier.preprocessor.new_buffer,
-        realtime=False,
+        realtime=realtime,
         loop=True,
         stop=stop,
     )
@@ -169,6 +171,7 @@ def run_bench(
     edgetpu_device: str = "usb",
     input_overrides: dict[str, Any] | None = None,
     k: int = 3,
+    realtime: bool = False,
 ) -> dict[str, Any]:
     started = process_start_wall()
     limit_opencv_threads()
@@ -177,7 +180,7 @@ def run_bench(
     )
     overrides = {k2: v for k2, v in (input_overrides or {}).items() if v is not None}
     classifier = Classifier.open(model, labels, options=options, **overrides)
-    loop = _loop_phase(classifier, source, frames, k)
+    loop = _loop_phase(classifier, source, frames, k, realtime)
     rss = peak_rss_mb()
     raw = _raw_phase(classifier, source, frames)
     seq = _sequential_phase(classifier, source, frames, k)
@@ -189,6 +192,7 @@ def run_bench(
         "source": str(source),
         "threads": threads,
         "frames": frames,
+        "realtime": realtime,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "raw_invoke": raw,
         "loop": loop,
@@ -205,7 +209,8 @@ def format_report(r: dict[str, Any]) -> str:
     loop, seq, raw = r["loop"], r["sequential"], r["raw_invoke"]
     lines = [
         f"edgecam bench: {r['model_ref']} on {r['backend']}, threads={r['threads']}, "
-        f"{r['frames']} frames of {r['source']} ({r['machine']})",
+        f"{r['frames']} frames of {r['source']}"
+        f"{' paced in real time' if r.get('realtime') else ''} ({r['machine']})",
         f"  raw invoke rate          {raw['rate_fps']:8.1f} /s   (invoke p50 {raw['invoke_ms_p50']:.1f} ms)",
         f"  loop rate (threaded)     {loop['rate_fps']:8.1f} /s   ratio to raw {r['ratio_loop_to_raw']:.3f}",
         f"  loop latency p50 / p95   {loop['latency_ms']['p50']:8.1f} / {loop['latency_ms']['p95']:.1f} ms "

@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, required=True)
     p.add_argument("--source", required=True, help="video file, folder or camera")
     p.add_argument("--frames", type=int, default=300, help="frames per measurement (default 300)")
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace a file at its frame rate in the loop phase, like a live camera "
+        "(latest-frame slot: latency stays flat, drops are counted)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
 
@@ -210,6 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         edgetpu=args.edgetpu,
         edgetpu_device=args.edgetpu_device,
         input_overrides=_input_overrides(args),
+        realtime=args.realtime,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -71,3 +71,32 @@ def test_fetch_rejects_corrupt_copy(tmp_path: Path, test_data: Path) -> None:
         fetch(tmp_path / "models", fake)
     assert not (tmp_path / "models" / "imagenet_labels.txt").exists()  # nothing half-written kept
     assert not list((tmp_path / "models").glob(".*"))
+
+
+def test_bench_realtime_loop_runs_at_the_source_rate(test_data: Path) -> None:
+    # vtest.avi is 10 fps: paced like a camera, the loop runs at 10 results/s whatever the
+    # interpreter could do, and each frame is classified right after capture.
+    proc = subprocess.run(
+        [
+            *CLI,
+            "bench",
+            "--model",
+            str(test_data / "coral" / "mobilenet_v1_0.25_128_quant.tflite"),
+            "--source",
+            str(test_data / "opencv" / "vtest.avi"),
+            "--frames",
+            "12",
+            "--threads",
+            "1",
+            "--realtime",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["realtime"] is True
+    assert r["loop"]["rate_fps"] == pytest.approx(10.0, rel=0.2)
+    assert r["raw_invoke"]["rate_fps"] > 3 * r["loop"]["rate_fps"]
