@@ -16,25 +16,27 @@ from device.fetch import ASSETS, fetch, sha256_file
 CLI = [sys.executable, "-m", "device.cli"]
 
 
+def bench(test_data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`edgecam-device bench --json` with the small Coral model on the sample clip, 1 thread."""
+    model = test_data / "coral" / "mobilenet_v1_0.25_128_quant.tflite"
+    clip = test_data / "opencv" / "vtest.avi"
+    cmd = [
+        *CLI,
+        "bench",
+        "--model",
+        str(model),
+        "--source",
+        str(clip),
+        "--threads",
+        "1",
+        "--json",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
 def test_bench_json_reports_all_figures(test_data: Path) -> None:
-    proc = subprocess.run(
-        [
-            *CLI,
-            "bench",
-            "--model",
-            str(test_data / "coral" / "mobilenet_v1_0.25_128_quant.tflite"),
-            "--source",
-            str(test_data / "opencv" / "vtest.avi"),
-            "--frames",
-            "40",
-            "--threads",
-            "1",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = bench(test_data, "--frames", "40")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert (
@@ -76,25 +78,7 @@ def test_fetch_rejects_corrupt_copy(tmp_path: Path, test_data: Path) -> None:
 def test_bench_realtime_loop_runs_at_the_source_rate(test_data: Path) -> None:
     # vtest.avi is 10 fps: paced like a camera, the loop runs at 10 results/s whatever the
     # interpreter could do, and each frame is classified right after capture.
-    proc = subprocess.run(
-        [
-            *CLI,
-            "bench",
-            "--model",
-            str(test_data / "coral" / "mobilenet_v1_0.25_128_quant.tflite"),
-            "--source",
-            str(test_data / "opencv" / "vtest.avi"),
-            "--frames",
-            "12",
-            "--threads",
-            "1",
-            "--realtime",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = bench(test_data, "--frames", "12", "--realtime")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["realtime"] is True
