@@ -92,49 +92,46 @@ class Discovery:
             object_id, f"{camera} {rule.name}", **keys
         )
 
+    def _config(
+        self, component: str, oid: str, name: str, **keys: Any
+    ) -> tuple[str, dict[str, Any]]:
+        """(config topic, payload) of one entity."""
+        return self._topic(component, oid), self._entity(oid, name, **keys)
+
     def camera_configs(self, camera: str) -> list[tuple[str, dict[str, Any]]]:
         out = []
         classification = f"{self.prefix}/{camera}/classification"
         if self.cfg.top_label_sensor:
-            oid = f"{camera}_top_label"
             out.append(
-                (
-                    self._topic("sensor", oid),
-                    self._entity(
-                        oid,
-                        f"{camera} top label",
-                        state_topic=classification,
-                        value_template="{{ value_json.top[0].label if value_json.top else 'none' }}",
-                        icon="mdi:tag-search",
-                    ),
+                self._config(
+                    "sensor",
+                    f"{camera}_top_label",
+                    f"{camera} top label",
+                    state_topic=classification,
+                    value_template="{{ value_json.top[0].label if value_json.top else 'none' }}",
+                    icon="mdi:tag-search",
                 )
             )
-            oid = f"{camera}_top_score"
             out.append(
-                (
-                    self._topic("sensor", oid),
-                    self._entity(
-                        oid,
-                        f"{camera} top score",
-                        state_topic=classification,
-                        value_template="{{ ((value_json.top[0].score if value_json.top else 0)"
-                        " * 100) | round(1) }}",
-                        unit_of_measurement="%",
-                        state_class="measurement",
-                        icon="mdi:percent",
-                    ),
+                self._config(
+                    "sensor",
+                    f"{camera}_top_score",
+                    f"{camera} top score",
+                    state_topic=classification,
+                    value_template="{{ ((value_json.top[0].score if value_json.top else 0)"
+                    " * 100) | round(1) }}",
+                    unit_of_measurement="%",
+                    state_class="measurement",
+                    icon="mdi:percent",
                 )
             )
-        oid = f"{camera}_snapshot"
         out.append(
-            (
-                self._topic("image", oid),
-                self._entity(
-                    oid,
-                    f"{camera} snapshot",
-                    image_topic=f"{self.prefix}/{camera}/snapshot",
-                    content_type="image/jpeg",
-                ),
+            self._config(
+                "image",
+                f"{camera}_snapshot",
+                f"{camera} snapshot",
+                image_topic=f"{self.prefix}/{camera}/snapshot",
+                content_type="image/jpeg",
             )
         )
         return out
