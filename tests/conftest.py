@@ -169,8 +169,23 @@ class Subscriber:
         self.client.loop_stop()
 
     def on(self, suffix: str) -> list[tuple[str, bytes, bool]]:
+        """Messages whose topic ends with ``suffix``."""
         with self._cond:
             return [m for m in self.messages if m[0].endswith(suffix)]
+
+    def json_on(self, suffix: str) -> list:
+        """The JSON payloads of the messages whose topic ends with ``suffix`` (empty payloads,
+        e.g. cleared retained messages, are skipped)."""
+        import json
+
+        return [json.loads(m[1]) for m in self.on(suffix) if m[1]]
+
+    def matching(self, pattern: str) -> list[tuple[str, bytes, bool]]:
+        """Messages whose whole topic matches the regular expression ``pattern``."""
+        import re
+
+        with self._cond:
+            return [m for m in self.messages if re.fullmatch(pattern, m[0])]
 
     def wait_for(self, predicate, timeout: float = 20.0) -> bool:
         """Wait until predicate(messages) is true."""
@@ -196,3 +211,88 @@ def subscriber_factory():
     yield make
     for s in subs:
         s.stop()
+
+
+# -- one config writer ---------------------------------------------------------------------------
+def _merge(base: dict, override: dict) -> dict:
+    """Deep-merge ``override`` into a copy of ``base`` (mappings merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def device_config_dict(test_data: Path, port: int | None = None, **sections) -> dict:
+    """A device config for tests: the reference MobileNet V2, one camera ``street`` playing
+    vtest.avi, one interpreter thread, console off, MQTT on ``port`` (disabled when None).
+    ``sections`` deep-merge over it (``cameras=[...]`` replaces the list)."""
+    coral = test_data / "coral"
+    config: dict = {
+        "device_id": "test-pi",
+        "model": {
+            "path": str(coral / "mobilenet_v2_1.0_224_quant.tflite"),
+            "labels": str(coral / "imagenet_labels.txt"),
+        },
+        "inference": {"threads": 1},
+        "cameras": [{"name": "street", "source": str(test_data / "opencv" / "vtest.avi")}],
+        "mqtt": (
+            {
+                "host": "127.0.0.1",
+                "port": port,
+                "classification_interval": 0.5,
+                "reconnect_min_s": 1,
+                "reconnect_max_s": 2,
+                "keepalive": 10,
+            }
+            if port is not None
+            else {"enabled": False}
+        ),
+        "console": {"format": "off"},
+        "metrics": {"interval": 60},
+    }
+    return _merge(config, sections)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, test_data: Path):
+    """``write_config(port=None, name="device.yaml", **sections) -> Path``: a device config
+    file in tmp_path (see ``device_config_dict``); state files (outbox, snapshots) go to
+    tmp_path too, never into the checkout."""
+    import yaml
+
+    def write(port: int | None = None, name: str = "device.yaml", **sections) -> Path:
+        state = {
+            "alerts": {
+                "snapshots": {"dir": str(tmp_path / "snapshots")},
+                "outbox": {"path": str(tmp_path / "outbox.sqlite3"), "flush_timeout_s": 1.0},
+            }
+        }
+        config = device_config_dict(test_data, port, **_merge(state, sections))
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    return write
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate()`` until it returns a true value (returned); AssertionError on timeout.
+    Use instead of fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture():
+    """The ``wait_until`` helper as a fixture (tests cannot import conftest by name under
+    --import-mode=importlib)."""
+    return wait_until
