@@ -1,76 +1,63 @@
-"""Writing model bundles: ``model.tflite`` + ``labels.txt`` + ``model.json`` (DESIGN.md).
+"""Writing model bundles: ``model.tflite`` + ``labels.txt`` + ``model.json``.
 
-The manifest is what ``device.model.load_bundle`` reads (name, version, variant, input,
-sha256) plus what a user needs to trust the file: quantization parameters, labels, source run
-and dataset hash, and the verification figures.
+The contract (file names, the typed ``Manifest``) is ``device.manifest``: the device reads what
+this module writes through the same code. Conversion adds what a user needs to trust the file
+(quantization parameters, labels, source run and dataset hash, verification figures).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from device.model import InputSpec
+from device.manifest import (
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MANIFEST_VERSION,
+    MODEL_FILE,
+    Manifest,
+    read_manifest,
+    write_atomic,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
-
-MANIFEST_VERSION = 1
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def input_json(spec: InputSpec, height: int, width: int) -> dict[str, Any]:
-    return {
-        "height": height,
-        "width": width,
-        "color": spec.color,
-        "resize": spec.resize,
-        "crop": spec.crop,
-        "mean": list(spec.mean) if spec.mean is not None else [0.0, 0.0, 0.0],
-        "std": list(spec.std) if spec.std is not None else [1.0, 1.0, 1.0],
-    }
+def is_bundle(folder: Path) -> bool:
+    """True when ``folder`` holds a bundle (or the remains of one)."""
+    return (folder / MANIFEST_FILE).exists() or (folder / MODEL_FILE).exists()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_bundle(
-    folder: Path, model: bytes, labels: Sequence[str], manifest: dict[str, Any]
-) -> dict[str, Any]:
-    """Write a bundle folder; return the manifest as written (with ``sha256``)."""
+def write_bundle(folder: Path, model: bytes, labels: Sequence[str], manifest: Manifest) -> Manifest:
+    """Write a bundle folder; return the manifest as written (with ``sha256`` and labels)."""
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        **manifest,
-        "sha256": hashlib.sha256(model).hexdigest(),
-        "size_bytes": len(model),
-        "num_classes": len(labels),
-        "labels": list(labels),
-        "manifest_version": MANIFEST_VERSION,
-    }
-    _write_atomic(folder / "model.tflite", model)
-    _write_atomic(folder / "labels.txt", ("\n".join(labels) + "\n").encode("utf-8"))
+    manifest = replace(
+        manifest,
+        sha256=hashlib.sha256(model).hexdigest(),
+        size_bytes=len(model),
+        num_classes=len(labels),
+        labels=tuple(labels),
+        manifest_version=MANIFEST_VERSION,
+    )
+    write_atomic(folder / MODEL_FILE, model)
+    write_atomic(folder / LABELS_FILE, ("\n".join(labels) + "\n").encode("utf-8"))
     write_manifest(folder, manifest)
     log.debug("wrote bundle %s (%d bytes)", folder, len(model))
     return manifest
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    _write_atomic(folder / "model.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-
-
-def update_manifest(folder: Path, **fields: Any) -> dict[str, Any]:
-    manifest = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    manifest.update(fields)
+def update_manifest(folder: Path, **changes: Any) -> Manifest:
+    """Read a bundle's manifest, change the given fields, write it back."""
+    manifest = replace(read_manifest(folder), **changes)
     write_manifest(folder, manifest)
     return manifest

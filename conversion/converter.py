@@ -19,11 +19,12 @@ import numpy as np
 
 from conversion.errors import ConversionError
 from conversion.network import Network
+from device.manifest import VARIANTS
 from training.tfenv import import_tf
 
 log = logging.getLogger(__name__)
 
-CPU_VARIANTS = ("float32", "float16", "dynamic", "int8")
+CPU_VARIANTS = tuple(v for v in VARIANTS if v != "edgetpu")
 Representative = Callable[[], Iterable[list[np.ndarray]]]
 
 _UNSUPPORTED_OP = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op")

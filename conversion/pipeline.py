@@ -15,12 +15,12 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from conversion import edgetpu as etpu
-from conversion.bundle import input_json, now_iso, update_manifest, write_bundle
+from conversion.bundle import is_bundle, now_iso, update_manifest, write_bundle
 from conversion.data import (
     CalibrationSet,
     DataPlan,
@@ -35,11 +35,11 @@ from conversion.ops import EdgeTPUOpCheck, ModelInfo, check_edgetpu_ops, quantiz
 from conversion.report import markdown_report, verification_json, write_json
 from conversion.source import ConversionSource
 from conversion.verify import evaluate
+from device.manifest import MODEL_FILE, VARIANTS, Manifest, Verification
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("float32", "float16", "dynamic", "int8", "edgetpu")
-CPU_ORDER = ("float32", "float16", "dynamic", "int8")
+CPU_ORDER = tuple(v for v in VARIANTS if v != "edgetpu")
 EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR, EXIT_EDGETPU_MISSING = 0, 1, 2, 3
 
 
@@ -136,7 +136,7 @@ def _plan(source: ConversionSource, options: ConvertOptions) -> DataPlan:
 
 def _clear_stale(folder: Path) -> None:
     """Remove a previous bundle of the same variant (only folders that are bundles)."""
-    if (folder / "model.json").exists() or (folder / "model.tflite").exists():
+    if is_bundle(folder):
         shutil.rmtree(folder)
 
 
@@ -187,19 +187,22 @@ def run_conversion(source: ConversionSource, options: ConvertOptions) -> Convers
                 f"{network.num_classes}",
                 "use the labels file that was trained with this model",
             )
-        spec_json = input_json(source.input, network.height, network.width)
-        base: dict[str, Any] = {
-            "name": source.name,
-            "version": str(source.run_info.get("version", "1")),
-            "created_at": now_iso(),
-            "input": spec_json,
-            "normalisation": {
-                "mean": spec_json["mean"],
-                "std": spec_json["std"],
-                "formula": "x = (pixel - mean) / std, folded into the input quantization",
+        spec = replace(source.input, height=network.height, width=network.width)
+        spec_json = spec.to_json()
+        base = Manifest(
+            name=source.name,
+            version=str(source.run_info.get("version", "1")),
+            created_at=now_iso(),
+            input=spec,
+            source={**source.describe(), "data": plan.description},
+            extra={
+                "normalisation": {
+                    "mean": spec_json["mean"],
+                    "std": spec_json["std"],
+                    "formula": "x = (pixel - mean) / std, folded into the input quantization",
+                }
             },
-            "source": {**source.describe(), "data": plan.description},
-        }
+        )
         calibration = CalibrationSet(
             plan.calibration, source.input, network.height, network.width, network.dtype
         )
@@ -215,13 +218,14 @@ def run_conversion(source: ConversionSource, options: ConvertOptions) -> Convers
                 _io_check(info)
             folder = out_dir / variant if variant in variants else work / variant
             _clear_stale(folder)
-            manifest = {**base, "variant": variant, "quantization": quantization_json(info)}
+            extra = {**base.extra, "quantization": quantization_json(info)}
             if variant == "int8":
-                manifest["calibration"] = {
+                extra["calibration"] = {
                     "images": calibration.used,
                     "range_anchor": calibration.anchored,
                     "source": plan.description,
                 }
+            manifest = replace(base, variant=variant, extra=extra)
             write_bundle(folder, data, source.labels, manifest)
             bundles[variant], infos[variant] = folder, info
             log.info("%s: %d bytes, ops %s", variant, len(data), info.op_counts())
@@ -244,12 +248,12 @@ def run_conversion(source: ConversionSource, options: ConvertOptions) -> Convers
             update_manifest(
                 folder,
                 metrics={**fig.as_json(), "test_images": gate.test_images},
-                verification={
-                    "gate": gate.status,
-                    "variant_gate": fig.status,
-                    "max_drop": gate.max_drop,
-                    "reference": gate.reference,
-                },
+                verification=Verification(
+                    gate=gate.status,
+                    variant_gate=fig.status,
+                    max_drop=gate.max_drop,
+                    reference=gate.reference,
+                ),
             )
         bundles = {v: f for v, f in bundles.items() if f.parent == out_dir}
         extra_notes = []
@@ -266,7 +270,7 @@ def run_conversion(source: ConversionSource, options: ConvertOptions) -> Convers
                 name=source.name,
                 created_at=now_iso(),
                 variants_requested=variants,
-                source=base["source"],
+                source=base.source,
                 calibration=calib,
                 edgetpu_op_check=op_check.as_json() if op_check else None,
                 edgetpu=status.as_json(),
@@ -282,13 +286,13 @@ def _edgetpu(
     status: EdgeTPUStatus,
     bundles: dict[str, Path],
     infos: dict[str, ModelInfo],
-    base: dict[str, Any],
+    base: Manifest,
     out_dir: Path,
     work: Path,
     source: ConversionSource,
     options: ConvertOptions,
 ) -> None:
-    int8_model = bundles["int8"] / "model.tflite"
+    int8_model = bundles["int8"] / MODEL_FILE
     folder = out_dir / "edgetpu"
     status.command = etpu.command_line(int8_model, folder)
     status.compiler = etpu.find_compiler()
@@ -300,12 +304,15 @@ def _edgetpu(
         int8_model, work / "edgetpu", status.compiler, options.compiler_timeout_s
     )
     status.compiled = result
-    manifest = {
-        **base,
-        "variant": "edgetpu",
-        "quantization": quantization_json(infos["int8"]),
-        "edgetpu": {"compile_command": status.command, **result.report.as_json()},
-    }
+    manifest = replace(
+        base,
+        variant="edgetpu",
+        extra={
+            **base.extra,
+            "quantization": quantization_json(infos["int8"]),
+            "edgetpu": {"compile_command": status.command, **result.report.as_json()},
+        },
+    )
     write_bundle(folder, result.model.read_bytes(), source.labels, manifest)
     if result.log is not None:
         shutil.copyfile(result.log, folder / result.log.name)

@@ -11,21 +11,19 @@ Accepted sources:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from conversion.errors import ConversionError
-from device.errors import ModelError
-from device.labels import read_labels
-from device.model import InputSpec, make_input_spec
+from device.errors import EdgecamError
+from device.manifest import RAW_MEAN, RAW_STD, InputSpec
+from training import runfolder
 
 log = logging.getLogger(__name__)
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-RAW_PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -63,46 +61,23 @@ class ConversionSource:
 def read_label_list(path: Path) -> list[str]:
     """Labels as a list (index = class); a ConversionError when the ids have gaps."""
     try:
-        mapping = read_labels(path)
-    except ModelError as exc:
+        return runfolder.read_labels(path)
+    except EdgecamError as exc:
         raise ConversionError(exc.message, exc.hint) from None
-    if sorted(mapping) != list(range(len(mapping))):
-        raise ConversionError(
-            f"labels file {path} does not number its classes 0..{len(mapping) - 1}",
-            "one label per line (line = class index), or '<id> <label>' lines without gaps",
-        )
-    return [mapping[i] for i in range(len(mapping))]
-
-
-def _spec_from_json(data: dict[str, Any], where: str) -> InputSpec:
-    try:
-        spec = InputSpec(
-            height=data.get("height"),
-            width=data.get("width"),
-            color=data.get("color", "RGB"),
-            resize=data.get("resize", "bilinear"),
-            crop=data.get("crop", "none"),
-        )
-        return make_input_spec(
-            spec,
-            mean=data.get("mean") if data.get("mean") is not None else RAW_PIXELS[0],
-            std=data.get("std") if data.get("std") is not None else RAW_PIXELS[1],
-        )
-    except ModelError as exc:
-        raise ConversionError(f"{where}: {exc.message}", exc.hint) from None
 
 
 def _find_model_in_run(run_dir: Path) -> tuple[Path, Path | None]:
     """The run's Keras file (preferred: its uint8 input can be re-wired) and its SavedModel."""
-    saved = run_dir / "saved_model"
-    saved_ok = (saved / "saved_model.pb").exists()
-    keras_file = run_dir / "model.keras"
+    saved = run_dir / runfolder.SAVED_MODEL
+    saved_ok = (saved / runfolder.SAVED_MODEL_PB).exists()
+    keras_file = run_dir / runfolder.MODEL
     if keras_file.exists():
         return keras_file, saved if saved_ok else None
     if saved_ok:
         return saved, None
     raise ConversionError(
-        f"run folder {run_dir} has no trained model (saved_model/ or model.keras)",
+        f"run folder {run_dir} has no trained model ({runfolder.SAVED_MODEL}/ or "
+        f"{runfolder.MODEL})",
         "the training did not finish: run `make train` again, or pass --model PATH",
     )
 
@@ -121,42 +96,43 @@ def from_run(run_dir: Path) -> ConversionSource:
             "pass a runs/<name> folder; for a single model file use --model PATH --labels FILE",
         )
     run_dir = run_dir.resolve()
-    run_json = run_dir / "run.json"
-    try:
-        info = json.loads(run_json.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not (run_dir / runfolder.RUN_JSON).exists():
         raise ConversionError(
-            f"{run_dir} is not a training run folder (no run.json)",
+            f"{run_dir} is not a training run folder (no {runfolder.RUN_JSON})",
             "pass the folder `make train` wrote (runs/<name>), or --model PATH --labels FILE",
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"cannot read {run_json}: {exc}") from None
-    if not isinstance(info, dict):
-        raise ConversionError(f"{run_json} is not a JSON object")
+        )
+    try:
+        record = runfolder.read_run_record(run_dir)
+    except EdgecamError as exc:
+        raise ConversionError(exc.message, exc.hint) from None
     model_path, fallback = _find_model_in_run(run_dir)
-    labels_file = run_dir / "labels.txt"
+    labels_file = run_dir / runfolder.LABELS
     if labels_file.exists():
         labels = read_label_list(labels_file)
-    elif info.get("labels"):
-        labels = [str(label) for label in info["labels"]]
+    elif record.labels:
+        labels = list(record.labels)
     else:
-        raise ConversionError(f"run folder {run_dir} has no labels.txt")
-    if info.get("labels") and [str(x) for x in info["labels"]] != labels:
+        raise ConversionError(f"run folder {run_dir} has no {runfolder.LABELS}")
+    if record.labels and list(record.labels) != labels:
         raise ConversionError(
-            f"{labels_file} and run.json list different labels",
-            "the run folder was edited: restore labels.txt from the training run",
+            f"{labels_file} and {runfolder.RUN_JSON} list different labels",
+            f"the run folder was edited: restore {runfolder.LABELS} from the training run",
         )
-    manifest = info.get("split_manifest")
+    spec = record.input
     return ConversionSource(
-        name=str(info.get("name") or run_dir.name),
+        name=record.name,
         model_path=model_path,
         fallback_model=fallback,
         labels=labels,
-        input=_spec_from_json(info.get("input") or {}, str(run_json)),
+        input=replace(
+            spec,
+            mean=spec.mean if spec.mean is not None else RAW_MEAN,
+            std=spec.std if spec.std is not None else RAW_STD,
+        ),
         run_dir=run_dir,
-        dataset_hash=info.get("dataset_hash"),
-        split_manifest=Path(manifest) if manifest else None,
-        run_info=info,
+        dataset_hash=record.dataset_hash,
+        split_manifest=record.split_manifest,
+        run_info=record.to_json(),
     )
 
 
@@ -168,9 +144,9 @@ def from_model(model: Path, labels_file: Path | None, name: str | None = None) -
             f"model not found: {model}",
             "--model takes a SavedModel folder or a .keras / .h5 file",
         )
-    if model.is_dir() and not (model / "saved_model.pb").exists():
+    if model.is_dir() and not (model / runfolder.SAVED_MODEL_PB).exists():
         raise ConversionError(
-            f"{model} is not a SavedModel folder (no saved_model.pb)",
+            f"{model} is not a SavedModel folder (no {runfolder.SAVED_MODEL_PB})",
             "for a training run folder pass it as the first argument, without --model",
         )
     if model.is_file() and model.suffix.lower() not in KERAS_SUFFIXES:
@@ -188,5 +164,5 @@ def from_model(model: Path, labels_file: Path | None, name: str | None = None) -
         name=name or default_name,
         model_path=model,
         labels=read_label_list(Path(labels_file)),
-        input=_spec_from_json({}, "input"),
+        input=InputSpec(mean=RAW_MEAN, std=RAW_STD),
     )

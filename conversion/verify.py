@@ -18,6 +18,7 @@ from conversion.data import Item
 from conversion.errors import ConversionError
 from device.classifier import Classifier, InferenceOptions
 from device.errors import EdgeTPUError, SourceError
+from device.manifest import MODEL_FILE
 from device.postprocess import scores_from_output
 from device.preprocess import load_image
 
@@ -61,7 +62,7 @@ def evaluate(
     evals: dict[str, VariantEval] = {}
     classifiers: dict[str, Classifier] = {}
     for variant, bundle in bundles.items():
-        size = (bundle / "model.tflite").stat().st_size
+        size = (bundle / MODEL_FILE).stat().st_size
         evals[variant] = VariantEval(variant, bundle, size)
         try:
             clf = _open(variant, bundle, threads)

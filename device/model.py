@@ -1,93 +1,49 @@
-"""Model bundles: a folder with model.tflite + labels.txt + model.json, or a bare .tflite.
+"""Loading models: a bundle folder (model.tflite + labels.txt + model.json) or a bare .tflite.
 
-See DESIGN.md, "Model bundle". A bare ``.tflite`` (e.g. one of Coral's models) works too: its
-input spec then comes from the model's tensors, with mean/std from the command line or config.
+The bundle contract (file names, variants, the typed manifest) lives in ``device.manifest``.
+A bare ``.tflite`` (e.g. one of Coral's models) works too: its input spec then comes from the
+model's tensors, with mean/std from the command line or config.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from device.errors import ModelError
+from device.files import is_readable_file, read_bytes
 from device.labels import read_labels
+from device.manifest import (
+    CROP_MODES,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    RESIZE_FILTERS,
+    VARIANTS,
+    InputSpec,
+    Manifest,
+    make_input_spec,
+    read_manifest,
+)
+
+__all__ = [
+    "CROP_MODES",
+    "RESIZE_FILTERS",
+    "VARIANTS",
+    "InputSpec",
+    "ModelBundle",
+    "load_bundle",
+    "make_input_spec",
+    "read_tflite",
+]
 
 log = logging.getLogger(__name__)
 
-RESIZE_FILTERS = ("bilinear", "area", "nearest")
-CROP_MODES = ("none", "center")
-VARIANTS = ("float32", "float16", "dynamic", "int8", "edgetpu")
 EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How frames are turned into the model's input (model.json "input")."""
-
-    height: int | None = None  # None: taken from the model's input tensor
-    width: int | None = None
-    color: str = "RGB"
-    resize: str = "bilinear"
-    crop: str = "none"
-    # Float normalisation x = (pixel - mean) / std, per channel. None: raw pixels go in
-    # (identity), which is right for our trained models and most quantised models.
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_FILTERS:
-            raise ModelError(
-                f"unknown resize filter {self.resize!r}", f"use one of {RESIZE_FILTERS}"
-            )
-        if self.crop not in CROP_MODES:
-            raise ModelError(f"unknown crop mode {self.crop!r}", f"use one of {CROP_MODES}")
-        if self.color != "RGB":
-            raise ModelError(f"unsupported input color {self.color!r}", "models take RGB input")
-
-
-def _triple(value: Any, what: str) -> tuple[float, float, float] | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return (float(value),) * 3
-    try:
-        values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ModelError(f"{what} must be a number or 3 numbers, got {value!r}") from None
-    if len(values) == 1:
-        return values * 3
-    if len(values) != 3:
-        raise ModelError(f"{what} must be 1 or 3 numbers (R, G, B), got {len(values)}")
-    return values  # type: ignore[return-value]
-
-
-def make_input_spec(
-    base: InputSpec | None = None,
-    *,
-    mean: Any = None,
-    std: Any = None,
-    resize: str | None = None,
-    crop: str | None = None,
-) -> InputSpec:
-    """Return ``base`` with any given overrides applied."""
-    spec = base or InputSpec()
-    changes: dict[str, Any] = {}
-    if mean is not None:
-        changes["mean"] = _triple(mean, "mean")
-    if std is not None:
-        std_t = _triple(std, "std")
-        if std_t and any(s == 0 for s in std_t):
-            raise ModelError("std must not be 0")
-        changes["std"] = std_t
-    if resize is not None:
-        changes["resize"] = resize
-    if crop is not None:
-        changes["crop"] = crop
-    return replace(spec, **changes) if changes else spec
+MAX_MODEL_BYTES = 1 << 30  # the largest Edge TPU / CPU classifiers are tens of MB
 
 
 @dataclass
@@ -101,7 +57,7 @@ class ModelBundle:
     version: str = "0"
     variant: str = "unknown"
     sha256: str = ""
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest = field(default_factory=Manifest)
     is_edgetpu: bool = False
     labels_path: Path | None = None
 
@@ -116,17 +72,18 @@ class ModelBundle:
 
 def read_tflite(path: Path) -> bytes:
     """Read a .tflite file, checking it is one; a clear ModelError otherwise."""
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}", "check the --model path or model.path")
     if path.is_dir():
         raise ModelError(
-            f"{path} is a folder without model.tflite",
-            "point --model at a .tflite file or at a bundle folder that contains model.tflite",
+            f"{path} is a folder without {MODEL_FILE}",
+            f"point --model at a .tflite file or at a bundle folder that contains {MODEL_FILE}",
         )
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model file {path}: {exc}") from None
+    data = read_bytes(
+        path,
+        "model file",
+        ModelError,
+        max_bytes=MAX_MODEL_BYTES,
+        missing_hint="check the --model path or model.path",
+    )
     # A TFLite flatbuffer carries the file identifier "TFL3" at bytes 4..8.
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelError(
@@ -136,22 +93,18 @@ def read_tflite(path: Path) -> bytes:
     return data
 
 
-def _check_gate(manifest: dict[str, Any], tflite: Path, allow: bool) -> None:
+def _check_gate(manifest: Manifest, tflite: Path, allow: bool) -> None:
     """Refuse a bundle whose verification gate failed (`make convert` marks it in model.json)."""
-    verification = manifest.get("verification") or {}
-    status = verification.get("variant_gate", verification.get("gate"))
-    if status != "failed":
+    verification = manifest.verification
+    if verification is None or not verification.failed:
         return
-    metrics = manifest.get("metrics") or {}
-    drop = metrics.get("accuracy_drop_points")
-    lost = (
-        f" lost {drop:.2f} accuracy points" if isinstance(drop, int | float) else " lost accuracy"
-    )
-    limit = verification.get("max_drop")
+    drop = manifest.accuracy_drop
+    lost = f" lost {drop:.2f} accuracy points" if drop is not None else " lost accuracy"
+    limit = verification.max_drop
     message = (
-        f"{tflite.parent} failed its verification gate: the {manifest.get('variant', '?')} variant"
-        f"{lost} against {verification.get('reference', 'float32')}"
-        + (f" (allowed: {limit})" if limit is not None else "")
+        f"{tflite.parent} failed its verification gate: the {manifest.variant or '?'} variant"
+        f"{lost} against {verification.reference or 'float32'}"
+        + (f" (allowed: {limit:g})" if limit is not None else "")
     )
     if allow:
         log.warning("%s; running it anyway (allow_failed_gate)", message)
@@ -180,57 +133,72 @@ def load_bundle(
     beside a bare model > none (indices are shown).
     """
     model = Path(model)
-    manifest: dict[str, Any] = {}
     folder = model if model.is_dir() else model.parent
-    tflite = model / "model.tflite" if model.is_dir() else model
-    manifest_path = folder / "model.json"
-    if manifest_path.exists() and (model.is_dir() or tflite.name == "model.tflite"):
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot read manifest {manifest_path}: {exc}") from None
+    tflite = model / MODEL_FILE if model.is_dir() else model
+    manifest_path = folder / MANIFEST_FILE
+    in_bundle = model.is_dir() or tflite.name == MODEL_FILE
+    has_manifest = in_bundle and manifest_path.exists()
+    manifest = read_manifest(manifest_path) if has_manifest else Manifest()
     data = read_tflite(tflite)
     sha = hashlib.sha256(data).hexdigest()
-    if manifest.get("sha256") and manifest["sha256"] != sha:
+    if manifest.sha256 and manifest.sha256 != sha:
         raise ModelError(
-            f"{tflite} does not match its manifest (sha256 {sha[:12]} != {manifest['sha256'][:12]})",
+            f"{tflite} does not match its manifest (sha256 {sha[:12]} != {manifest.sha256[:12]})",
             "the bundle was modified or copied incompletely: copy the whole bundle folder again",
         )
 
     _check_gate(manifest, tflite, allow_failed_gate)
-
-    spec_in = manifest.get("input", {})
-    base = InputSpec(
-        height=spec_in.get("height"),
-        width=spec_in.get("width"),
-        color=spec_in.get("color", "RGB"),
-        resize=spec_in.get("resize", "bilinear"),
-        crop=spec_in.get("crop", "none"),
-        mean=_triple(spec_in.get("mean"), "model.json input.mean"),
-        std=_triple(spec_in.get("std"), "model.json input.std"),
-    )
-    spec = make_input_spec(base, mean=mean, std=std, resize=resize, crop=crop)
+    spec = make_input_spec(manifest.input, mean=mean, std=std, resize=resize, crop=crop)
 
     labels_path: Path | None = Path(labels) if labels else None
     if labels_path is None:
-        candidates = [folder / "labels.txt"] if manifest else []
-        candidates += [tflite.with_suffix(".txt"), folder / "labels.txt"]
-        labels_path = next((p for p in candidates if p.exists()), None)
+        candidates = [folder / LABELS_FILE] if has_manifest else []
+        candidates += [tflite.with_suffix(".txt"), folder / LABELS_FILE]
+        labels_path = next((p for p in candidates if is_readable_file(p)), None)
     label_map = read_labels(labels_path) if labels_path else {}
+    if has_manifest and manifest.num_classes is not None and not labels:
+        _check_label_count(label_map, manifest.num_classes, labels_path, manifest_path)
 
-    variant = manifest.get("variant") or ("edgetpu" if EDGETPU_CUSTOM_OP in data else "unknown")
+    is_edgetpu = EDGETPU_CUSTOM_OP in data
     bundle = ModelBundle(
         path=tflite,
         labels=label_map,
         input=spec,
-        name=manifest.get("name")
-        or (folder.name if tflite.name == "model.tflite" else tflite.stem),
-        version=str(manifest.get("version", "0")),
-        variant=variant,
+        name=manifest.name or (folder.name if tflite.name == MODEL_FILE else tflite.stem),
+        version=manifest.version,
+        variant=manifest.variant or ("edgetpu" if is_edgetpu else "unknown"),
         sha256=sha,
         manifest=manifest,
-        is_edgetpu=EDGETPU_CUSTOM_OP in data,
+        is_edgetpu=is_edgetpu,
         labels_path=labels_path,
     )
     log.debug("loaded model %s (%s, %d labels)", bundle.ref, bundle.variant, len(label_map))
     return bundle, data
+
+
+def _check_label_count(
+    labels: dict[int, str], classes: int, labels_path: Path | None, manifest_path: Path
+) -> None:
+    if labels and len(labels) != classes:
+        raise ModelError(
+            f"{labels_path} has {len(labels)} labels but {manifest_path} says the model has "
+            f"{classes} classes",
+            "use the labels.txt that came with the bundle (copy the whole folder again)",
+        )
+
+
+def check_labels_match(bundle: ModelBundle, classes: int) -> None:
+    """Refuse a labels file that does not fit the model's output (``classes`` scores).
+
+    Coral's ImageNet models list 1001 classes with background first; a labels file may also
+    leave the background class out (1000 labels), so one missing label is accepted.
+    """
+    if not bundle.labels:
+        return
+    top = max(bundle.labels) + 1
+    if top > classes or len(bundle.labels) < classes - 1:
+        raise ModelError(
+            f"the labels file {bundle.labels_path} lists {len(bundle.labels)} labels (ids up to "
+            f"{top - 1}) but the model {bundle.path.name} outputs {classes} classes",
+            "use the labels file that was trained or published with this model",
+        )

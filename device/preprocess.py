@@ -10,17 +10,28 @@ pixels are copied in with no math. Buffers are preallocated: ``process`` allocat
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
+
+# OpenCV's own pixel limit, the second line of defence behind the header check below; it is
+# read once, when the library loads, so it is set before the first ``import cv2`` we run.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 28))
 
 import cv2
 import numpy as np
 
 from device.errors import SourceError
+from device.files import read_bytes
+from device.imageheader import FORMATS, ImageHeader, read_header
 from device.inference import TensorInfo
-from device.model import InputSpec
+from device.manifest import InputSpec
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_PIXELS_ENV = "EDGECAM_MAX_IMAGE_PIXELS"
+_FORMAT_LIST = ", ".join(FORMATS[:-1]) + " or " + FORMATS[-1]
 
 _FILTERS = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 _IMREAD_COLOR_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -36,20 +47,60 @@ def limit_opencv_threads(threads: int = 1) -> None:
     cv2.setNumThreads(threads)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB; a clear SourceError when it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise SourceError(f"image not found: {path}")
+class ImageTooLargeError(SourceError):
+    """An image declares more pixels than the limit (a decompression bomb, or a scan)."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: ``EDGECAM_MAX_IMAGE_PIXELS`` or 50 million (50 MP decodes to 150 MB)."""
+    value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "")
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"cannot read image {path}: {exc.strerror}") from None
+        limit = int(value.replace("_", "")) if value.strip() else DEFAULT_MAX_IMAGE_PIXELS
+    except ValueError:
+        raise SourceError(
+            f"{MAX_IMAGE_PIXELS_ENV}={value!r} is not a whole number",
+            f"set it to a pixel count such as {DEFAULT_MAX_IMAGE_PIXELS}, or unset it",
+        ) from None
+    if limit < 1:
+        raise SourceError(f"{MAX_IMAGE_PIXELS_ENV} must be at least 1, got {limit}")
+    return limit
+
+
+def check_image(data: bytes, where: str, max_pixels: int | None = None) -> ImageHeader:
+    """Read the header of encoded image bytes and refuse an image over the pixel limit
+    *before* anything decodes it. SourceError when the format is not one of ``FORMATS``."""
+    limit = max_image_pixels() if max_pixels is None else max_pixels
+    header = read_header(data)
+    if header is None:
+        raise SourceError(
+            f"cannot decode {where}: it is not a {_FORMAT_LIST} file, or its header is cut short",
+            f"use a {_FORMAT_LIST} file",
+        )
+    if header.pixels > limit:
+        raise ImageTooLargeError(
+            f"{where} is too large: {header.width} x {header.height} pixels "
+            f"({header.pixels / 1e6:.1f} MP; the limit is {limit / 1e6:g} MP)",
+            f"downscale it, or raise the limit with {MAX_IMAGE_PIXELS_ENV}=<pixels>",
+        )
+    if header.pixels == 0:
+        raise SourceError(f"{where} declares an empty image ({header.width} x {header.height})")
+    return header
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB; a clear SourceError when it cannot be read,
+    is not an image, or declares more than ``max_pixels`` (default ``max_image_pixels()``)."""
+    limit = max_image_pixels() if max_pixels is None else max_pixels
+    # A compressed image is smaller than its pixels (+ 1 MB of metadata): a bigger file is
+    # not an image we would decode anyway.
+    data = read_bytes(path, "image", SourceError, max_bytes=limit * 4 + (1 << 20))
+    header = check_image(data, f"image {path}", limit)
     image = decode_image(data)
     if image is None:
         raise SourceError(
-            f"cannot decode image {path}",
-            f"use a JPEG, PNG or BMP file ({', '.join(IMAGE_SUFFIXES)})",
+            f"cannot decode image {path} ({header.format}, {header.width} x {header.height}): "
+            "the file is damaged or cut short",
+            "copy it again, or re-save it as a JPEG or PNG",
         )
     return image
 
@@ -58,14 +109,17 @@ def decode_image(data: bytes) -> np.ndarray | None:
     """Decode encoded image bytes (JPEG, PNG, BMP, ...) to HxWx3 uint8 RGB; None if it cannot.
 
     OpenCV's colour mode: EXIF orientation applied, grayscale expanded to three channels, alpha
-    dropped, 16-bit reduced to 8-bit.
+    dropped, 16-bit reduced to 8-bit. Untrusted bytes go through ``check_image`` first.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     if not buf.size:
         return None
-    if _IMREAD_COLOR_RGB is not None:
-        return cv2.imdecode(buf, _IMREAD_COLOR_RGB)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # OpenCV < 4.11 (the Pi OS Bookworm pin)
+    try:
+        if _IMREAD_COLOR_RGB is not None:
+            return cv2.imdecode(buf, _IMREAD_COLOR_RGB)
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # OpenCV < 4.11 (the Pi OS Bookworm pin)
+    except cv2.error:  # OpenCV's own size limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+        return None
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

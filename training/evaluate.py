@@ -111,7 +111,7 @@ def evaluate_run(run_dir: Path, baselines: bool = False, top_k: int = 5) -> dict
             "fitted on train+val, scored on test; k-NN k=5, linear SVM on standardised features; "
             "pixels and HOG from the image shrunk to at most 32 px"
         )
-    report["run"] = run.data.get("name")
+    report["run"] = run.record.name
     report["model"] = str(run_dir / runfolder.MODEL)
     report["test_images"] = len(test)
     report["evaluated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

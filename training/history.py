@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from training.errors import RunError
 from training.runfolder import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ def load_history(path: Path) -> list[dict[str, Any]]:
         return []
     try:
         return list(read_json(path)["epochs"])
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (RunError, KeyError, TypeError):
         log.warning("ignoring unreadable %s", path)
         return []
 

@@ -258,23 +258,25 @@ def _train(
         if resume and (run_dir / runfolder.RUN_JSON).is_file()
         else {}
     )
-    run_json = {
-        "name": run_dir.name,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data_dir": str(data_dir),
-        "dataset_hash": manifest.dataset_hash,
-        "split_manifest": str(run_dir / runfolder.SPLIT),
-        "labels": labels,
-        "input": runfolder.input_spec(*size),
-        "backbone": config.backbone,
-        "weights": config.weights_resolved,
-        "alpha": config.alpha,
-        "epochs_run": epoch,
-        "train_seconds": round(previous.get("train_seconds", 0) + train_seconds, 2),
-        "runtime": runtime.describe(),
-        "split_counts": {k: len(v) for k, v in split.items()},
-    }
-    runfolder.write_json(run_dir / runfolder.RUN_JSON, run_json)
+    record = runfolder.RunRecord(
+        name=run_dir.name,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data_dir=str(data_dir),
+        dataset_hash=manifest.dataset_hash,
+        split_manifest=run_dir / runfolder.SPLIT,
+        labels=tuple(labels),
+        input=runfolder.input_spec(*size),
+        extra={
+            "backbone": config.backbone,
+            "weights": config.weights_resolved,
+            "alpha": config.alpha,
+            "epochs_run": epoch,
+            "train_seconds": round(previous.get("train_seconds", 0) + train_seconds, 2),
+            "runtime": runtime.describe(),
+            "split_counts": {k: len(v) for k, v in split.items()},
+        },
+    )
+    runfolder.write_json(run_dir / runfolder.RUN_JSON, record.to_json())
     log.info("trained %d epochs in %.1f s; run folder %s", epoch, train_seconds, run_dir)
 
     from training.evaluate import evaluate_run
