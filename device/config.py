@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from device.alerts.config import AlertsConfig
+from device.commands import CommandsConfig
 from device.errors import ConfigError
 
 _TOPIC_SAFE = r"^[A-Za-z0-9_.-]+$"
@@ -240,6 +241,11 @@ class DeviceConfig(Section):
         default_factory=AlertsConfig,
         description="Alert rules, events, snapshots, outbox, Home Assistant discovery, commands "
         "(docs/alerts.md).",
+    )
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig,
+        description="Commands on <prefix>/<device>/cmd/<command>: which are enabled, the "
+        "longest pause (docs/alerts.md).",
     )
 
     @model_validator(mode="after")

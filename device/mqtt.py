@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from device.config import MQTTConfig
 from device.errors import ConfigError, EdgecamError
+from device.topics import Topics
+
+if TYPE_CHECKING:
+    from device.config import MQTTConfig, TLSConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +47,56 @@ def utc_iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
+class NullPublisher:
+    """The publisher's interface for a device without MQTT: nothing is sent, publishes are
+    counted (``dropped``), ``connected`` is never set, subscriptions and hooks never fire."""
+
+    def __init__(self, topics: Topics | None = None):
+        self.topics = topics or Topics("edgecam", "device")
+        self.connected = threading.Event()
+        self.published = 0
+        self.publish_failures = 0
+        self.dropped = 0
+        self.outages = 0
+
+    def topic(self, *parts: str) -> str:
+        return self.topics.topic(*parts)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 3.0) -> None:
+        pass
+
+    def add_ack_hook(self, hook: AckHook) -> None:
+        pass
+
+    def add_connect_hook(self, hook: ConnectHook) -> None:
+        pass
+
+    def subscribe(self, topic: str, handler: MessageHandler) -> None:
+        pass
+
+    def publish(self, topic: str, payload: Any, qos: int = 0, retain: bool = False) -> Any:
+        self.dropped += 1
+        return None
+
+
 class MqttPublisher:
     """One broker connection for the whole device (all cameras)."""
 
-    def __init__(self, cfg: MQTTConfig, device_id: str, status: dict[str, Any]):
+    def __init__(
+        self,
+        cfg: MQTTConfig,
+        device_id: str,
+        status: dict[str, Any],
+        topics: Topics | None = None,
+    ):
         self.cfg = cfg
         self.device_id = device_id
-        self.prefix = f"{cfg.topic_prefix}/{device_id}"
-        self.status_topic = f"{self.prefix}/status"
+        self.topics = topics or Topics(cfg.topic_prefix, device_id)
+        self.prefix = self.topics.base
+        self.status_topic = self.topics.status
         self._status = dict(status)
         self._handlers: dict[str, MessageHandler] = {}
         self._ack_hooks: list[AckHook] = []
@@ -88,7 +134,7 @@ class MqttPublisher:
         self.client.on_publish = self._on_publish
 
     def topic(self, *parts: str) -> str:
-        return "/".join((self.prefix, *parts))
+        return self.topics.topic(*parts)
 
     def _setup_tls(self) -> None:
         tls = self.cfg.tls
@@ -221,12 +267,18 @@ class MqttPublisher:
                 log.exception("MQTT: publish hook failed")
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` block: the exception is still current
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError):
+            self._log_error(tls_failure_message(exc, self.cfg.host, self.cfg.port, self.cfg.tls))
+            return
         if self._outage_logged:
             return
         self._outage_logged = True
+        reason = f" ({exc.strerror or exc})" if isinstance(exc, OSError) else ""
         self._log_error(
-            f"MQTT broker {self.cfg.host}:{self.cfg.port} not reachable; classifying goes on, "
-            f"retrying every {self.cfg.reconnect_min_s:g}-{self.cfg.reconnect_max_s:g} s"
+            f"MQTT broker {self.cfg.host}:{self.cfg.port} not reachable{reason}; classifying goes "
+            f"on, retrying every {self.cfg.reconnect_min_s:g}-{self.cfg.reconnect_max_s:g} s"
         )
 
     def _on_disconnect(
@@ -271,3 +323,34 @@ class MqttPublisher:
             handler(msg.topic, msg.payload)
         except Exception:  # a handler bug must not kill paho's network thread
             log.exception("MQTT: handler for %s failed", msg.topic)
+
+
+def tls_failure_message(exc: ssl.SSLError, host: str, port: int, tls: TLSConfig | None) -> str:
+    """What a failed TLS handshake means, and the fix (never "not reachable")."""
+    where = f"MQTT broker {host}:{port}"
+    ca = f"mqtt.tls.ca_file ({tls.ca_file})" if tls and tls.ca_file else "the system CA store"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        if getattr(exc, "verify_code", None) == 62 or "hostname mismatch" in str(why).lower():
+            return (
+                f"{where}: TLS certificate verification failed: the broker's certificate is not "
+                f"valid for the host name {host!r} ({why}); fix: set mqtt.host to a name or "
+                "address listed in the certificate (subjectAltName), or reissue the certificate"
+                " (mqtt.tls.insecure: true skips this check, for testing only)"
+            )
+        if "expired" in str(why).lower() or "not yet valid" in str(why).lower():
+            return (
+                f"{where}: TLS certificate verification failed: {why}; fix: renew the broker's "
+                "certificate, and check the device clock (timedatectl)"
+            )
+        return (
+            f"{where}: TLS certificate verification failed: {why}; the broker's certificate is "
+            f"not signed by a CA in {ca}; fix: set mqtt.tls.ca_file to the CA certificate (PEM) "
+            "that signed the broker's certificate"
+        )
+    reason = exc.reason or str(exc)
+    return (
+        f"{where}: TLS handshake failed: {reason}; fix: check that the port is the broker's TLS "
+        "listener and, if it requires client certificates, set mqtt.tls.cert_file and "
+        "mqtt.tls.key_file to a certificate its CA signed"
+    )

@@ -1,95 +1,76 @@
-"""Commands on ``<prefix>/<device>/cmd/<command>``: payload parsing and validation.
+"""The alerts' commands: payload models and the handlers they register with the dispatcher.
 
-Payloads are JSON objects (an empty payload means ``{}``); every command accepts an ``id`` that
-the reply repeats. Replies go to ``<prefix>/<device>/cmd/<command>/result`` (QoS 1)::
-
-    {"id": "42", "command": "pause", "ok": true, "result": {...}, "ts": "..."}
-    {"id": "42", "command": "pause", "ok": false, "error": "camera 'x' does not exist", "ts": "..."}
-
-A payload that is not valid JSON, not an object, has unknown keys or wrong types, or names an
-unknown camera or rule is answered with ``ok: false`` and changes nothing.
+``snapshot``, ``pause``, ``resume`` and ``state`` (``reload`` belongs to the runner: it reads the
+config file and hands the fresh ``alerts`` section to ``AlertService.reload``). Parsing, size
+limits, the allowlist and replies are ``device.commands``'s business.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from device.alerts.jobs import SnapshotJob
+from device.commands import Command, CommandDispatcher, CommandError, Reply, TargetName
 
-class CommandError(ValueError):
-    """A command payload that cannot be executed; the message goes into the reply."""
-
-
-class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str | int | None = Field(None, description="Echoed in the reply.")
+if TYPE_CHECKING:
+    from device.alerts.service import AlertService
 
 
-class SnapshotCommand(_Command):
-    camera: str | None = Field(None, description="One camera; null: every camera.")
+class SnapshotCommand(Command):
+    camera: TargetName | None = Field(None, description="One camera; null: every camera.")
 
 
-class PauseCommand(_Command):
-    camera: str | None = Field(None, description="One camera; null: every camera.")
-    rule: str | None = Field(None, description="One rule; null: every rule.")
+class PauseCommand(Command):
+    camera: TargetName | None = Field(None, description="One camera; null: every camera.")
+    rule: TargetName | None = Field(None, description="One rule; null: every rule.")
     minutes: float | None = Field(
-        None, gt=0, le=7 * 24 * 60, description="Resume by itself after this long; null: never."
+        None,
+        gt=0,
+        le=7 * 24 * 60,
+        description="Resume by itself after this long; null: after commands.max_pause_minutes "
+        "(or never, when that is null).",
     )
 
 
-class ResumeCommand(_Command):
-    camera: str | None = Field(None, description="One camera; null: every camera.")
-    rule: str | None = Field(None, description="One rule; null: every rule.")
+class ResumeCommand(Command):
+    camera: TargetName | None = Field(None, description="One camera; null: every camera.")
+    rule: TargetName | None = Field(None, description="One rule; null: every rule.")
 
 
-class ReloadCommand(_Command):
+class StateCommand(Command):
     pass
 
 
-class StateCommand(_Command):
-    pass
+def register(dispatcher: CommandDispatcher, alerts: AlertService) -> None:
+    """The alerts' handler table."""
+    stepper = alerts.stepper
+    max_minutes = dispatcher.max_pause_minutes
 
+    def snapshot(cmd: SnapshotCommand, reply: Reply) -> None:
+        stepper.check_target(cmd.camera, None)
+        cameras = [cmd.camera] if cmd.camera else list(stepper.cameras)
+        alerts.worker.put(SnapshotJob(cameras, reply))  # encoded and saved in the worker
 
-COMMANDS: dict[str, type[_Command]] = {
-    "snapshot": SnapshotCommand,
-    "pause": PauseCommand,
-    "resume": ResumeCommand,
-    "reload": ReloadCommand,
-    "state": StateCommand,
-}
+    def pause(cmd: PauseCommand, reply: Reply) -> None:
+        minutes = cmd.minutes
+        if max_minutes is not None:
+            if minutes is not None and minutes > max_minutes:
+                raise CommandError(
+                    f"minutes: at most {max_minutes:g} on this device (commands.max_pause_minutes)"
+                )
+            minutes = minutes or max_minutes
+        paused = stepper.pause(cmd.camera, cmd.rule, minutes)
+        reply.ok({"paused": paused, "minutes": minutes})
 
+    def resume(cmd: ResumeCommand, reply: Reply) -> None:
+        reply.ok({"resumed": stepper.resume(cmd.camera, cmd.rule)})
 
-def request_id(payload: bytes) -> str | int | None:
-    """The ``id`` of a payload, when it can be found, for replies to invalid commands."""
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str | int) else None
+    def state(cmd: StateCommand, reply: Reply) -> None:
+        reply.ok(alerts.state())
 
-
-def parse_command(name: str, payload: bytes) -> _Command:
-    """Validate one command payload; CommandError says what is wrong."""
-    model = COMMANDS.get(name)
-    if model is None:
-        raise CommandError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
-    text = payload.strip()
-    if not text:
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(text.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CommandError(f"payload is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise CommandError(f"payload must be a JSON object, not {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in exc.errors()
-        )
-        raise CommandError(f"invalid {name} command: {problems}") from None
+    dispatcher.register("snapshot", SnapshotCommand, snapshot)
+    dispatcher.register("pause", PauseCommand, pause)
+    dispatcher.register("resume", ResumeCommand, resume)
+    dispatcher.register("state", StateCommand, state)

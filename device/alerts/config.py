@@ -5,7 +5,7 @@ flapping without any tuning: 3 consecutive frames over ``start_score`` start an 
 consecutive frames under ``end_score`` (60 % of ``start_score``) end it, and the same rule may
 not start again on the same camera for 30 s. Model-dependent checks (do the labels exist, do
 the cameras exist) are done when the device starts and on ``reload``
-(``device.alerts.service.check_rules``): this module needs neither the model nor the cameras.
+(``device.alerts.check_rules``): this module needs neither the model nor the cameras.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_NAME = r"^[A-Za-z0-9_.-]+$"
+from device.names import RuleName
+
 _HOURS = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)\s*-\s*([01]?\d|2[0-4]):([0-5]\d)$")
 
 
@@ -51,9 +52,9 @@ def parse_hours(spec: str) -> tuple[int, int]:
 
 
 class RuleConfig(_Section):
-    name: str = Field(
-        pattern=_NAME,
-        description="Rule name, used in event payloads, topics and Home Assistant entity ids.",
+    name: RuleName = Field(
+        description="Rule name, used in event payloads, topics, snapshot file names and Home "
+        "Assistant entity ids: letters, digits, '_', '.' and '-' (not '.' or '..').",
     )
     labels: list[str] = Field(
         default_factory=list,
@@ -189,6 +190,12 @@ class OutboxConfig(_Section):
     flush_timeout_s: float = Field(
         3.0, ge=0, description="On stop, wait this long for the broker to take what is queued."
     )
+    resend_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="Connected, yet nothing acknowledged for this long: send every undelivered "
+        "message again, oldest first (consumers collapse duplicates by event_id and seq).",
+    )
 
 
 class HomeAssistantConfig(_Section):
@@ -220,7 +227,11 @@ class AlertsConfig(_Section):
     homeassistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery."
     )
-    commands: bool = Field(True, description="Accept commands on <prefix>/<device>/cmd/<command>.")
+    commands: bool | None = Field(
+        None,
+        description="Deprecated: use the top-level `commands:` section (commands.enabled). "
+        "false still turns commands off.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AlertsConfig:

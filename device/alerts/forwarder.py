@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    """What the forwarder needs from device.mqtt.MqttPublisher."""
+    """What the alerts need from device.mqtt.MqttPublisher (or NullPublisher)."""
 
     connected: threading.Event
 
@@ -33,9 +33,13 @@ class Publisher(Protocol):
 
     def add_ack_hook(self, hook: Any) -> None: ...
 
+    def add_connect_hook(self, hook: Any) -> None: ...
+
 
 class Forwarder:
-    def __init__(self, outbox: Outbox, publisher: Publisher | None, inflight: int = 20):
+    def __init__(
+        self, outbox: Outbox, publisher: Publisher, inflight: int = 20, stall_s: float = 60.0
+    ):
         self.outbox = outbox
         self.publisher = publisher
         self.window = inflight
@@ -45,7 +49,7 @@ class Forwarder:
         self._inflight: dict[int, int] = {}  # paho mid -> outbox id
         self._last_id = 0  # highest outbox id handed to paho in this process
         self._progress_mono = time.monotonic()  # last publish or ack
-        self.stall_s = 60.0
+        self.stall_s = stall_s
         self.resends = 0
         self.published = 0
         self.acked = 0
@@ -53,8 +57,7 @@ class Forwarder:
         self.first_delivery_delay_s: float | None = None
         self.max_delivery_delay_s = 0.0
         self._thread = threading.Thread(target=self._run, name="alerts-outbox", daemon=True)
-        if publisher is not None:
-            publisher.add_ack_hook(self._on_ack)
+        publisher.add_ack_hook(self._on_ack)
 
     def start(self) -> None:
         self._thread.start()
@@ -108,7 +111,7 @@ class Forwarder:
 
     def _send(self) -> None:
         pub = self.publisher
-        if pub is None or not pub.connected.is_set():
+        if not pub.connected.is_set():
             return
         if self._inflight and time.monotonic() - self._progress_mono > self.stall_s:
             # connected, yet nothing acknowledged for a long time: paho lost track of them;
@@ -148,7 +151,7 @@ class Forwarder:
         while time.monotonic() < deadline:
             if self.outbox.pending_count() == 0:
                 return True
-            if self.publisher is None or not self.publisher.connected.is_set():
+            if not self.publisher.connected.is_set():
                 return False
             self._wake.set()
             time.sleep(0.05)

@@ -8,7 +8,8 @@ retained config, which removes its entity. Entities (keys as in HA's MQTT integr
   ``<prefix>/<device>/<camera>/rule/<rule>`` JSON (``value_json.state`` is ON / OFF, the rest are
   attributes: event_id, label, score, ts);
 - ``sensor`` per camera: the current top label, and its score in % (from ``classification``);
-- ``image`` per camera: the last snapshot (JPEG bytes on ``<camera>/snapshot``).
+- ``image`` per camera: the last snapshot (JPEG bytes on ``<camera>/snapshot``, subscribed at
+  QoS 1 like the other entities).
 
 Every entity is tied to the device block and takes its availability from the retained
 ``status`` topic (JSON; ``availability_template`` picks ``state``: online / offline).
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from device.alerts.config import HomeAssistantConfig, RuleConfig
+from device.topics import Topics
 
 
 def ha_id(text: str) -> str:
@@ -28,35 +30,21 @@ def ha_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
-def rule_state_topic(prefix: str, camera: str, rule: str) -> str:
-    """``prefix`` is ``<topic_prefix>/<device_id>``."""
-    return f"{prefix}/{camera}/rule/{rule}"
-
-
 class Discovery:
-    def __init__(
-        self,
-        cfg: HomeAssistantConfig,
-        device_id: str,
-        prefix: str,
-        status_topic: str,
-        version: str,
-        model_name: str,
-    ):
+    def __init__(self, cfg: HomeAssistantConfig, topics: Topics, version: str, model_name: str):
         self.cfg = cfg
-        self.device_id = device_id
-        self.prefix = prefix
-        self.node = ha_id(f"edgecam_{device_id}")
+        self.topics = topics
+        self.node = ha_id(f"edgecam_{topics.device_id}")
         self.device = {
             "identifiers": [self.node],
-            "name": cfg.name or device_id,
+            "name": cfg.name or topics.device_id,
             "manufacturer": "edgecam",
             "model": f"edgecam camera ({model_name})",
             "sw_version": version,
         }
         self.origin = {"name": "edgecam", "sw_version": version}
         self.availability = {
-            "availability_topic": status_topic,
+            "availability_topic": topics.status,
             "availability_template": "{{ value_json.state }}",
             "payload_available": "online",
             "payload_not_available": "offline",
@@ -77,7 +65,7 @@ class Discovery:
 
     def rule_config(self, camera: str, rule: RuleConfig) -> tuple[str, dict[str, Any]]:
         object_id = f"{camera}_{rule.name}"
-        state = rule_state_topic(self.prefix, camera, rule.name)
+        state = self.topics.rule_state(camera, rule.name)
         keys: dict[str, Any] = {
             "state_topic": state,
             "value_template": "{{ value_json.state }}",
@@ -100,7 +88,7 @@ class Discovery:
 
     def camera_configs(self, camera: str) -> list[tuple[str, dict[str, Any]]]:
         out = []
-        classification = f"{self.prefix}/{camera}/classification"
+        classification = self.topics.classification(camera)
         if self.cfg.top_label_sensor:
             out.append(
                 self._config(
@@ -130,8 +118,9 @@ class Discovery:
                 "image",
                 f"{camera}_snapshot",
                 f"{camera} snapshot",
-                image_topic=f"{self.prefix}/{camera}/snapshot",
+                image_topic=self.topics.snapshot(camera),
                 content_type="image/jpeg",
+                qos=1,
             )
         )
         return out

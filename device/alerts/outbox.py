@@ -15,6 +15,7 @@ connection, guarded by a lock, is shared by the producer and the forwarder threa
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -92,18 +93,35 @@ class Outbox:
         self.delivered = 0
         self.superseded = 0
         self.dropped: dict[str, int] = {}
+        self.recovered_corrupt = 0
         if self.path.exists():
             self._open()  # an outbox left by an earlier run: deliver what it holds
 
     # -- storage -----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            if db.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed (quick_check)")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
+                try:
+                    db = self._connect()
+                except sqlite3.OperationalError:
+                    raise  # permissions, a full disk, a lock: not the file's fault
+                except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+                    self._move_aside(exc)
+                    db = self._connect()
             except (OSError, sqlite3.Error) as exc:
                 raise OutboxError(f"cannot open the alert outbox {self.path}: {exc}") from exc
             self._db = db
@@ -113,6 +131,24 @@ class Outbox:
                     "outbox %s: %d undelivered message(s) from an earlier run", self.path, pending
                 )
         return self._db
+
+    def _move_aside(self, exc: sqlite3.DatabaseError) -> None:
+        """Keep a corrupted file for inspection under a timestamped name; start a fresh one."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):  # they belong to the damaged file
+            extra = self.path.with_name(self.path.name + suffix)
+            if extra.exists():
+                os.replace(extra, aside.with_name(aside.name + suffix))
+        self.recovered_corrupt += 1
+        log.error(
+            "alert outbox %s is corrupted (%s): moved it aside to %s and started a new, empty "
+            "outbox; undelivered alerts in the old file are not sent",
+            self.path,
+            exc,
+            aside.name,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -175,13 +211,13 @@ class Outbox:
             "SELECT id, kind FROM outbox WHERE created < ? ORDER BY id", (now - self.max_age_s,)
         ).fetchall()
         drop(old, f"older than {self.max_age_s / 3600:g} h")
-        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        count, size = self._totals(db)
         if count > self.max_messages:
             rows = db.execute(
                 "SELECT id, kind FROM outbox ORDER BY id LIMIT ?", (count - self.max_messages,)
             ).fetchall()
             drop(rows, f"more than {self.max_messages} messages")
-        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        count, size = self._totals(db)
         if size > self.max_bytes:
             rows, excess = [], size - self.max_bytes
             for row_id, kind, row_size in db.execute(
@@ -199,6 +235,11 @@ class Outbox:
                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                 (f"dropped_{kind}", n),
             )
+
+    @staticmethod
+    def _totals(db: sqlite3.Connection) -> tuple[int, int]:
+        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        return int(count), int(size)
 
     # -- forwarder side --------------------------------------------------------------------------
     def pending_after(self, last_id: int, limit: int) -> list[Entry]:
@@ -267,4 +308,5 @@ class Outbox:
             "delivered": self.delivered,
             "superseded": self.superseded,
             "dropped": dict(self.dropped),
+            "recovered_corrupt": self.recovered_corrupt,
         }

@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from device.alerts.config import RuleConfig, parse_hours
+from device.alerts.config import AlertsConfig, RuleConfig, parse_hours
+from device.errors import ConfigError
 from device.postprocess import Class
 
 RoiKey = tuple[float, float, float, float] | None
@@ -78,6 +79,35 @@ def resolve_labels(names: Iterable[str], labels: Mapping[int, str]) -> set[int]:
             raise UnknownLabelError(f"label {name!r} is not one of the model's labels{hint}")
         found |= by_name[key]
     return found
+
+
+def build_matchers(cfg: AlertsConfig, labels: Mapping[int, str]) -> dict[str, LabelMatcher]:
+    """Resolve every rule's labels and groups to class indices; ConfigError when one is unknown."""
+    matchers = {}
+    for rule in cfg.rules:
+        names = list(rule.labels)
+        for group in rule.groups:
+            names.extend(cfg.label_groups[group])
+        try:
+            matchers[rule.name] = LabelMatcher(frozenset(resolve_labels(names, labels)))
+        except UnknownLabelError as exc:
+            raise ConfigError(f"alerts.rules[{rule.name}]: {exc}") from None
+    return matchers
+
+
+def check_rules(
+    cfg: AlertsConfig, cameras: Sequence[str], labels: Mapping[int, str]
+) -> dict[str, LabelMatcher]:
+    """The checks that need the model and the cameras (``validate``, start and ``reload``):
+    every camera a rule names exists, every label and group resolves to the model's labels."""
+    for rule in cfg.rules:
+        unknown = [c for c in rule.cameras or [] if c not in cameras]
+        if unknown:
+            raise ConfigError(
+                f"alerts.rules[{rule.name}].cameras: no camera named {', '.join(unknown)} "
+                f"(cameras: {', '.join(cameras)})"
+            )
+    return build_matchers(cfg, labels)
 
 
 @dataclass

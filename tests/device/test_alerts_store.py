@@ -99,7 +99,8 @@ def test_an_event_left_open_by_a_crash_is_ended_on_the_next_start(tmp_path: Path
     import json
 
     from device.alerts.config import AlertsConfig
-    from device.alerts.service import AlertService
+    from device.alerts.service import AlertContext, AlertService
+    from device.topics import Topics
 
     box = Outbox(tmp_path / "o.db")
     start = {"event_id": "ev1", "type": "start", "seq": 2, "camera": "cam0", "rule": "fox"}
@@ -112,9 +113,7 @@ def test_an_event_left_open_by_a_crash_is_ended_on_the_next_start(tmp_path: Path
             "snapshots": {"dir": str(tmp_path / "snaps")},
         }
     )
-    service = AlertService(
-        cfg, device_id="pi", cameras=["cam0"], labels={1: "red fox"}, publisher=None
-    )
+    service = AlertService(cfg, AlertContext(Topics("edgecam", "pi"), ["cam0"], {1: "red fox"}))
     service.start()
     service.stop()
     box = Outbox(tmp_path / "o.db")
