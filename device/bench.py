@@ -1,8 +1,10 @@
 """``edgecam-device bench``: the loop's figures, measured in one run on one machine.
 
 Phases, on the same model, threads and source:
-1. the full loop (capture thread + inference thread + result serialisation), started cold, so
-   the time from process start to the first result and the peak memory are real;
+1. the shipped camera loop (device.pipeline.CameraPipeline: capture thread + inference thread,
+   supervised) with a measuring sink that also serialises each result like the MQTT sink
+   does, started cold, so the time from process start to the first result and the peak
+   memory are real;
 2. the raw interpreter invoke rate on a fixed input (the ceiling);
 3. a plain sequential loop (read -> resize -> invoke -> publish in one thread), for comparison.
 """
@@ -14,14 +16,14 @@ import logging
 import platform
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from device.capture import CaptureThread
-from device.classifier import Classifier, InferenceOptions
+from device.classifier import Classifier
+from device.config import CameraConfig, InferenceConfig, ModelConfig
 from device.metrics import peak_rss_mb, percentiles
+from device.pipeline import CameraPipeline
 from device.preprocess import limit_opencv_threads
-from device.sinks import Result
+from device.sinks import Result, Sink, SinkSet
 from device.sources import open_source
 from device.sources.base import Frame
 
@@ -49,63 +51,48 @@ def _serialise(result: Result) -> int:
     return len(json.dumps(result.payload(), separators=(",", ":")))
 
 
+class MeasuringSink(Sink):
+    """Records when each result arrived, its latency and inference time; serialises it."""
+
+    name = "bench"
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.latencies: list[float] = []
+        self.inference: list[float] = []
+
+    def handle(self, result: Result) -> None:
+        _serialise(result)
+        self.times.append(time.monotonic())
+        self.latencies.append(result.total_ms)
+        self.inference.append(result.inference_ms)
+
+
 def _loop_phase(
     classifier: Classifier, source_spec: str, frames: int, k: int, realtime: bool = False
 ) -> dict[str, Any]:
-    source = open_source(source_spec)
-    source.open()
+    sink = MeasuringSink()
+    camera = CameraConfig(name="bench", source=source_spec, loop=True, realtime=realtime)
     stop = threading.Event()
-    capture = CaptureThread(
-        "bench",
-        source,
-        classifier.prepare,
-        classifier.preprocessor.new_buffer,
-        realtime=realtime,
-        loop=True,
-        stop=stop,
+    pipeline = CameraPipeline(
+        camera, classifier, SinkSet([sink]), stop, top_k=k, max_results=frames
     )
-    times: list[float] = []
-    latencies: list[float] = []
-    inference: list[float] = []
-    capture.start()
+    pipeline.start()
     try:
-        while len(times) < frames:
-            item = capture.slot.get(timeout=1.0)
-            if item is None:
-                if capture.finished.is_set():
-                    break
-                continue
-            try:
-                top, ms = classifier.classify_tensor(item.tensor, k)
-            finally:
-                capture.release(item)
-            now = time.monotonic()
-            _serialise(
-                Result(
-                    "bench",
-                    item.frame,
-                    top,
-                    ms,
-                    (now - item.frame.ts_mono) * 1000,
-                    classifier.bundle.ref,
-                )
-            )
-            times.append(now)
-            latencies.append((now - item.frame.ts_mono) * 1000.0)
-            inference.append(ms)
+        pipeline.done.wait()
     finally:
         stop.set()
-        capture.stop()
-        capture.join(5)
+        pipeline.join()
+    times = sink.times
     first_wall = time.time() - (time.monotonic() - times[0]) if times else None
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-    p50, p95 = percentiles(latencies)
+    p50, p95 = percentiles(sink.latencies)
     return {
         "results": len(times),
         "rate_fps": rate,
         "latency_ms": {"p50": p50, "p95": p95},
-        "inference_ms_p50": percentiles(inference)[0],
-        "dropped": capture.dropped,
+        "inference_ms_p50": percentiles(sink.inference)[0],
+        "dropped": pipeline.metrics()["dropped"],
         "first_result_wall": first_wall,
     }
 
@@ -161,36 +148,30 @@ def _sequential_phase(
 
 def run_bench(
     *,
-    model: str | Path,
+    model: ModelConfig,
     source: str,
+    inference: InferenceConfig | None = None,
     frames: int = 300,
-    labels: str | Path | None = None,
-    threads: int | None = None,
-    xnnpack: bool = True,
-    edgetpu: bool = False,
-    edgetpu_device: str = "usb",
-    input_overrides: dict[str, Any] | None = None,
-    k: int = 3,
     realtime: bool = False,
 ) -> dict[str, Any]:
+    """The figures of one run; ``model`` and ``inference`` are the config sections the
+    runner gets (the CLI builds them from its flags)."""
     started = process_start_wall()
     limit_opencv_threads()
-    options = InferenceOptions(
-        threads=threads, xnnpack=xnnpack, edgetpu=edgetpu, edgetpu_device=edgetpu_device
-    )
-    overrides = {k2: v for k2, v in (input_overrides or {}).items() if v is not None}
-    classifier = Classifier.open(model, labels, options=options, **overrides)
+    inference = inference or InferenceConfig()
+    k = inference.top_k
+    classifier = Classifier.from_config(model, inference)
     loop = _loop_phase(classifier, source, frames, k, realtime)
     rss = peak_rss_mb()
     raw = _raw_phase(classifier, source, frames)
     seq = _sequential_phase(classifier, source, frames, k)
     first = loop.pop("first_result_wall")
     return {
-        "model": str(model),
+        "model": model.path,
         "model_ref": classifier.bundle.ref,
         "backend": classifier.backend_name,
         "source": str(source),
-        "threads": threads,
+        "threads": inference.threads,
         "frames": frames,
         "realtime": realtime,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

@@ -23,6 +23,7 @@ import numpy as np
 
 from device.errors import SourceError
 from device.sources.base import Frame, FrameSource
+from device.supervision import OUTAGE_REMINDER_S
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,14 @@ def _lower_priority(nice: int) -> None:
 
 
 class CaptureThread(threading.Thread):
-    """Reads ``source`` in its own thread; see the module docstring."""
+    """Reads ``source`` in its own thread; see the module docstring.
+
+    A source that is not open yet, fails to deliver (a live camera), raises SourceError (a
+    folder that disappeared) or cannot start again at its end is reopened with backoff until
+    it works or the thread is stopped: logged once when lost, once when back, and reminded
+    every OUTAGE_REMINDER_S in between. Any other exception ends the thread and is kept in
+    ``crash`` for the supervisor (device.pipeline) to log and act on.
+    """
 
     RING = 3  # one being written, one in the slot, one being inferred
 
@@ -114,6 +122,8 @@ class CaptureThread(threading.Thread):
         reconnect_max_s: float = 30.0,
         stop: threading.Event | None = None,
         nice: int = 5,
+        first_index: int = 0,
+        on_state: Callable[[str], None] | None = None,
     ):
         super().__init__(name=f"capture-{name}", daemon=True)
         self.source = source
@@ -127,10 +137,12 @@ class CaptureThread(threading.Thread):
         self._free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
         for _ in range(self.RING):
             self._free.put(new_buffer())
+        self.first_index = first_index
         self.frames = 0
         self.reconnects = 0
-        self.error: SourceError | None = None
+        self.crash: BaseException | None = None
         self.finished = threading.Event()
+        self._on_state = on_state or (lambda state: None)
 
     @property
     def dropped(self) -> int:
@@ -144,18 +156,21 @@ class CaptureThread(threading.Thread):
         _lower_priority(self.nice)
         try:
             self._run()
-        except SourceError as exc:
-            self.error = exc
-            log.error("%s: %s", self.name, exc)
+        except Exception as exc:  # the thread boundary: the supervisor acts on it
+            self.crash = exc
         finally:
             self.source.close()
             self.slot.close()
             self.finished.set()
 
     def _run(self) -> None:
+        if not self.source.is_open and not self._reconnect(None):
+            return
+        self._on_state("running")
         fps = self.source.fps
         interval = 1.0 / fps if (self.realtime and not self.source.live and fps) else 0.0
         next_due = time.monotonic()
+        since_rewind = 0
         while not self.stop_event.is_set():
             if not self.slot.drop:
                 # Read the next file frame only when inference is about to want it: it is then
@@ -163,19 +178,28 @@ class CaptureThread(threading.Thread):
                 self.slot.wait_for_room(self.stop_event)
                 if self.stop_event.is_set() or self.slot.closed:
                     return
-            pixels = self.source.read()
+            try:
+                pixels = self._next_pixels(since_rewind)
+            except SourceError as exc:
+                if not self._reconnect(exc):
+                    return
+                since_rewind = 0
+                continue
             if pixels is None:
                 if self.source.live:
-                    self._reconnect()
+                    if not self._reconnect(None):
+                        return
                     continue
-                if self.loop and self.source.rewind():
+                if self.loop:
+                    since_rewind = 0
                     continue
                 log.info(
                     "%s: end of %s after %d frames", self.name, self.source.describe(), self.frames
                 )
                 return
+            since_rewind += 1
             now_mono, now_wall = time.monotonic(), time.time()
-            frame = Frame(pixels, now_mono, now_wall, self.frames)
+            frame = Frame(pixels, now_mono, now_wall, self.first_index + self.frames)
             self.frames += 1
             buffer = self._take_buffer()
             if buffer is None:
@@ -192,6 +216,21 @@ class CaptureThread(threading.Thread):
                 else:
                     next_due = time.monotonic()
 
+    def _next_pixels(self, since_rewind: int) -> np.ndarray | None:
+        """The next frame; at the end of a looping file, rewind it (None: it just rewound).
+
+        SourceError when the source is lost, or when a whole pass delivered no frame (so a
+        folder of unreadable images is retried with backoff instead of spun on).
+        """
+        pixels = self.source.read()
+        if pixels is not None or self.source.live or not self.loop:
+            return pixels
+        if since_rewind == 0:
+            raise SourceError(f"{self.source.describe()} delivered no frame in a whole pass")
+        if not self.source.rewind():
+            raise SourceError(f"{self.source.describe()} cannot start again from the beginning")
+        return None
+
     def _take_buffer(self) -> np.ndarray | None:
         while not self.stop_event.is_set():
             try:
@@ -204,22 +243,49 @@ class CaptureThread(threading.Thread):
         self.stop_event.set()
         self.slot.close()
 
-    def _reconnect(self) -> None:
-        """Reopen a failed live source with exponential backoff until it works or we stop."""
-        log.warning(
-            "%s: %s stopped delivering frames; reconnecting", self.name, self.source.describe()
-        )
-        delay = 0.5
+    def _reconnect(self, cause: SourceError | None) -> bool:
+        """(Re)open the source with exponential backoff; False when stopped first.
+
+        ``cause`` None: the source never opened (start) or a live source stopped delivering.
+        """
+        what = self.source.describe()
+        first_open = not self.source.is_open and cause is None and self.frames == 0
+        self._on_state("reconnecting")
+        if not first_open:
+            why = cause.message if cause is not None else "stopped delivering frames"
+            log.warning("%s: %s: %s; reconnecting", self.name, what, why)
+        delay = 0.5 if not first_open else 0.0
+        attempts = 0
+        reminded = time.monotonic()
         while not self.stop_event.is_set():
             self.source.close()
-            if self.stop_event.wait(delay):
-                return
+            if delay and self.stop_event.wait(delay):
+                return False
+            attempts += 1
             try:
                 self.source.open()
             except SourceError as exc:
-                log.debug("%s: reconnect failed: %s", self.name, exc)
-                delay = min(delay * 2, self.reconnect_max_s)
+                now = time.monotonic()
+                if attempts == 1 and first_open:
+                    log.warning("%s: %s; retrying with backoff", self.name, exc.message)
+                elif now - reminded >= OUTAGE_REMINDER_S:
+                    reminded = now
+                    log.warning(
+                        "%s: %s still cannot be opened after %d attempts: %s",
+                        self.name,
+                        what,
+                        attempts,
+                        exc.message,
+                    )
+                else:
+                    log.debug("%s: reopen failed: %s", self.name, exc.message)
+                delay = min(max(delay * 2, 0.5), self.reconnect_max_s)
                 continue
-            self.reconnects += 1
-            log.info("%s: %s reconnected", self.name, self.source.describe())
-            return
+            if not first_open:
+                self.reconnects += 1
+                log.info("%s: %s reconnected", self.name, what)
+            elif attempts > 1:
+                log.info("%s: %s opened after %d attempts", self.name, what, attempts)
+            self._on_state("running")
+            return True
+        return False

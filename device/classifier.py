@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from device.inference import InferenceBackend
 from device.model import ModelBundle, load_bundle
 from device.postprocess import Class, classify, scores_from_output
 from device.preprocess import Preprocessor
+
+if TYPE_CHECKING:
+    from device.config import InferenceConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,20 @@ class InferenceOptions:
     edgetpu: bool = False
     edgetpu_device: str = "usb"
     runtime: str | None = None
+
+    @classmethod
+    def from_config(cls, inference: InferenceConfig) -> InferenceOptions:
+        return cls(
+            threads=inference.threads,
+            xnnpack=inference.xnnpack,
+            edgetpu=inference.edgetpu,
+            edgetpu_device=inference.edgetpu_device,
+            runtime=inference.runtime,
+        )
+
+    def on_cpu(self) -> InferenceOptions:
+        """The same options without the Edge TPU (for a fallback CPU model)."""
+        return InferenceOptions(threads=self.threads, xnnpack=self.xnnpack, runtime=self.runtime)
 
 
 class Classifier:
@@ -58,6 +75,29 @@ class Classifier:
         self._input = self.preprocessor.new_buffer()
 
     @classmethod
+    def from_config(
+        cls,
+        model: ModelConfig,
+        inference: InferenceConfig,
+        roi: Sequence[float] | None = None,
+    ) -> Classifier:
+        """The one way the runner and the CLIs (classify, bench) build a classifier: from the
+        ``model:`` and ``inference:`` config sections (the CLIs build them from their flags)."""
+        return cls.open(
+            model.path,
+            model.labels,
+            options=InferenceOptions.from_config(inference),
+            fallback=model.fallback,
+            fallback_labels=model.fallback_labels,
+            roi=list(roi) if roi is not None else None,
+            mean=model.mean,
+            std=model.std,
+            resize=model.resize,
+            crop=model.crop,
+            allow_failed_gate=model.allow_failed_gate,
+        )
+
+    @classmethod
     def open(
         cls,
         model: str | Path,
@@ -79,10 +119,7 @@ class Classifier:
                 raise
             log.warning("%s; using the fallback CPU model %s", exc.message, fallback)
         bundle, data = load_bundle(fallback, fallback_labels or labels, **input_overrides)
-        cpu_options = InferenceOptions(
-            threads=options.threads, xnnpack=options.xnnpack, runtime=options.runtime
-        )
-        return cls(bundle, data, cpu_options, roi=roi)
+        return cls(bundle, data, options.on_cpu(), roi=roi)
 
     @property
     def backend_name(self) -> str:

@@ -8,11 +8,64 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from device import __version__
 from device.errors import EdgecamError
 
+if TYPE_CHECKING:
+    from device.config import DeviceConfig, InferenceConfig, ModelConfig
+
 log = logging.getLogger("edgecam")
+
+_VECTOR_OPTIONS = ("--mean", "--std")
+
+
+def _floats(text: str) -> list[float]:
+    """``127.5`` or ``127.5,127.5,127.5`` -> a list of 1 or 3 numbers (argparse type)."""
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number or a comma-separated list of numbers (e.g. 127.5,127.5,127.5)"
+        ) from None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"give 1 or 3 numbers (R,G,B), not {len(values)}")
+    return values
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def join_vector_values(argv: Sequence[str]) -> list[str]:
+    """``--mean 1 2 3`` -> ``--mean 1,2,3``: the documented three-value form, without letting
+    the option swallow what follows (``--std 127.5 cat.bmp`` keeps cat.bmp an image)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        out.append(token)
+        i += 1
+        if token in _VECTOR_OPTIONS and i < len(argv):
+            values = [argv[i]]
+            i += 1
+            while len(values) < 3 and i < len(argv) and _is_number(argv[i]):
+                values.append(argv[i])
+                i += 1
+            out.append(",".join(values))
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if args is None:
+            args = sys.argv[1:]
+        return super().parse_known_args(join_vector_values(list(args)), namespace)
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -20,17 +73,15 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--labels", help="labels file (one per line, or '<id> <label>' lines)")
     p.add_argument(
         "--mean",
-        type=float,
-        nargs="+",
-        metavar="M",
-        help="normalisation mean, 1 or 3 values (default: the model's own)",
+        type=_floats,
+        metavar="M[,M,M]",
+        help="normalisation mean: one number, or R,G,B (default: the model's own)",
     )
     p.add_argument(
         "--std",
-        type=float,
-        nargs="+",
-        metavar="S",
-        help="normalisation std, 1 or 3 values (default: the model's own)",
+        type=_floats,
+        metavar="S[,S,S]",
+        help="normalisation std: one number, or R,G,B (default: the model's own)",
     )
     p.add_argument("--resize", choices=["bilinear", "area", "nearest"], help="resize filter")
     p.add_argument("--crop", choices=["none", "center"], help="centre-crop to the model's aspect")
@@ -39,14 +90,24 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
         action="store_true",
         help="run a bundle whose verification gate failed in `make convert`",
     )
-    p.add_argument("--threads", type=int, help="interpreter CPU threads")
-    p.add_argument("--no-xnnpack", action="store_true", help="disable the XNNPACK delegate")
-    p.add_argument("--edgetpu", action="store_true", help="run on a Coral Edge TPU")
-    p.add_argument("--edgetpu-device", default="usb", help="usb, usb:0, pci:0 (default usb)")
+    _add_inference_args(p)
+
+
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, help="interpreter CPU threads (inference.threads)")
+    p.add_argument(
+        "--no-xnnpack", action="store_true", help="disable the XNNPACK delegate (inference.xnnpack)"
+    )
+    p.add_argument(
+        "--edgetpu", action="store_true", help="run on a Coral Edge TPU (inference.edgetpu)"
+    )
+    p.add_argument(
+        "--edgetpu-device", help="usb, usb:0, pci:0 (inference.edgetpu_device; default usb)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgecam-device",
         description="edgecam device runtime: classify camera frames with TFLite, publish over MQTT.",
     )
@@ -69,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="override model.path")
     p.add_argument("--labels", help="override model.labels")
+    _add_inference_args(p)
     p.add_argument("--device-id", help="override device_id")
     p.add_argument("--mqtt-host", help="override mqtt.host")
     p.add_argument("--mqtt-port", type=int, help="override mqtt.port")
@@ -82,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="loop file sources")
 
     p = sub.add_parser(
-        "validate", help="check a config file", description="Check a config file without running."
+        "validate",
+        help="check a config file",
+        description="Check a config file without running: what `run` checks before it starts "
+        "(the config, the sources, the model in the real interpreter, its labels, the alert "
+        "rules), without opening a camera or connecting to the broker.",
     )
     p.add_argument("--config", type=Path, required=True, help="device config YAML")
 
@@ -90,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="measure the loop",
         description=(
-            "Measure, in one run: raw interpreter invoke rate, full loop rate, their ratio, "
-            "capture-to-result latency p50/p95, time to first result, peak RSS, and a plain "
-            "sequential loop for comparison."
+            "Measure, in one run: raw interpreter invoke rate, the shipped camera loop's rate, "
+            "their ratio, capture-to-result latency p50/p95, time to first result, peak RSS, "
+            "and a plain sequential loop for comparison."
         ),
     )
     _add_model_args(p, required=True)
@@ -108,27 +174,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _input_overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "mean": args.mean,
-        "std": args.std,
-        "resize": args.resize,
-        "crop": args.crop,
-        "allow_failed_gate": args.allow_failed_gate,
+# -- config sections from flags: one meaning for each flag in every command -----------------------
+def _section(cls: Any, flags: dict[str, str], **values: Any) -> Any:
+    """``cls(**values)`` without the values left unset; an invalid one is a ConfigError naming
+    its flag."""
+    from pydantic import ValidationError
+
+    from device.errors import ConfigError
+
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        raise ConfigError(
+            f"{flags.get(field, field)}: {err['msg']}", "see edgecam-device COMMAND --help"
+        ) from None
+
+
+_MODEL_FLAGS = {"path": "--model", "labels": "--labels", "mean": "--mean", "std": "--std"}
+_INFERENCE_FLAGS = {
+    "threads": "--threads",
+    "edgetpu_device": "--edgetpu-device",
+    "top_k": "--top-k",
+}
+
+
+def model_section(args: argparse.Namespace) -> ModelConfig:
+    """The ``model:`` section that classify's and bench's flags describe."""
+    from device.config import ModelConfig
+
+    section = _section(
+        ModelConfig,
+        _MODEL_FLAGS,
+        path=args.model,
+        mean=args.mean,
+        std=args.std,
+        resize=args.resize,
+        crop=args.crop,
+        allow_failed_gate=args.allow_failed_gate,
+    )
+    section.labels = args.labels  # no --labels: the bundle's own (not the config's default)
+    return section
+
+
+def inference_section(
+    args: argparse.Namespace, base: InferenceConfig | None = None, **extra: Any
+) -> InferenceConfig:
+    """The ``inference:`` section: ``base`` (the config file's, or the defaults) with the
+    interpreter flags given on the command line."""
+    from device.config import InferenceConfig
+
+    flags = {
+        "threads": args.threads,
+        "xnnpack": False if args.no_xnnpack else None,
+        "edgetpu": True if args.edgetpu else None,
+        "edgetpu_device": args.edgetpu_device,
+        **extra,
     }
+    values = (base or InferenceConfig()).model_dump()
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return _section(InferenceConfig, _INFERENCE_FLAGS, **values)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from device.classifier import Classifier, InferenceOptions
+    from device.classifier import Classifier
     from device.preprocess import load_image
 
-    options = InferenceOptions(
-        threads=args.threads,
-        xnnpack=not args.no_xnnpack,
-        edgetpu=args.edgetpu,
-        edgetpu_device=args.edgetpu_device,
-    )
-    classifier = Classifier.open(args.model, args.labels, options=options, **_input_overrides(args))
+    inference = inference_section(args, top_k=args.top_k)
+    classifier = Classifier.from_config(model_section(args), inference)
     status = 0
     for path in args.images:
         try:
@@ -137,7 +251,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             status = 1
             continue
-        top, ms = classifier.classify(image, k=args.top_k)
+        top, ms = classifier.classify(image, k=inference.top_k)
         if args.json:
             record = {
                 "image": str(path),
@@ -153,7 +267,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return status
 
 
-def _run_config(args: argparse.Namespace):
+def _run_config(args: argparse.Namespace) -> DeviceConfig:
     from device.config import load_config
 
     config = load_config(args.config)
@@ -162,6 +276,7 @@ def _run_config(args: argparse.Namespace):
         config.model.labels = args.labels
     elif args.labels:
         config.model.labels = args.labels
+    config.inference = inference_section(args, config.inference)
     if args.device_id:
         config.device_id = args.device_id
     if args.mqtt_host:
@@ -181,25 +296,35 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from device.runner import run
+    from device.runner import Runner, preflight
 
     config = _run_config(args)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.log_level)
-    return run(config, max_results=args.frames, config_path=args.config)
+    checked = preflight(config)
+    return Runner(config, args.frames, args.config, checked).run()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from device.config import load_config
+    from device.runner import preflight
+    from device.sources import describe_source
 
     config = load_config(args.config)
-    model = Path(config.model.path)
-    print(
-        f"{args.config}: valid ({len(config.cameras)} camera(s): "
-        f"{', '.join(c.name + '=' + c.source for c in config.cameras)}; "
-        f"mqtt {'off' if not config.mqtt.enabled else config.mqtt.host + ':' + str(config.mqtt.port)})"
+    checked = preflight(config)
+    bundle = checked.classifiers[0].bundle
+    cameras = ", ".join(
+        f"{c.name}={describe_source(c.source)} ({checked.source_kinds[c.name]})"
+        for c in config.cameras
     )
-    if not model.exists():
-        print(f"warning: model {model} does not exist yet (run `make models`)", file=sys.stderr)
+    mqtt = f"{config.mqtt.host}:{config.mqtt.port}" if config.mqtt.enabled else "off"
+    rules = len(config.alerts.rules) if config.alerts.enabled else 0
+    print(
+        f"{args.config}: valid\n"
+        f"  model: {bundle.ref} ({bundle.variant}, {len(bundle.labels)} labels, "
+        f"{checked.classifiers[0].backend_name})\n"
+        f"  cameras: {cameras}\n"
+        f"  mqtt: {mqtt}; alert rules: {rules}"
+    )
     return 0
 
 
@@ -207,15 +332,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from device.bench import format_report, run_bench
 
     report = run_bench(
-        model=args.model,
-        labels=args.labels,
+        model=model_section(args),
+        inference=inference_section(args),
         source=args.source,
         frames=args.frames,
-        threads=args.threads,
-        xnnpack=not args.no_xnnpack,
-        edgetpu=args.edgetpu,
-        edgetpu_device=args.edgetpu_device,
-        input_overrides=_input_overrides(args),
         realtime=args.realtime,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))

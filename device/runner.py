@@ -1,8 +1,11 @@
-"""The device loop: one pipeline per camera (capture thread + inference thread), sinks, metrics.
+"""The device loop: one supervised pipeline per camera, sinks, metrics, preflight checks.
 
 FrameSource -> (capture thread: preprocess) -> latest-frame slot -> (inference thread:
-InferenceBackend -> postprocess) -> sinks (MQTT, console). SIGTERM / SIGINT stop cleanly:
-``offline`` is published, files are flushed.
+InferenceBackend -> postprocess) -> sinks (MQTT, console, alerts), per camera; each camera is
+supervised (device.pipeline). ``preflight`` is what ``run`` checks before it starts and all
+that ``validate`` checks, so that the two cannot drift. SIGTERM / SIGINT stop cleanly
+(``offline`` published, files flushed, exit 0); a camera that cannot be recovered ends the
+process with exit status 1.
 """
 
 from __future__ import annotations
@@ -13,137 +16,71 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device import __version__
-from device.capture import CaptureThread
-from device.classifier import Classifier, InferenceOptions
-from device.config import CameraConfig, DeviceConfig, InferenceConfig, ModelConfig
-from device.metrics import CameraStats, cpu_temperature, rss_mb
+from device.classifier import Classifier
+from device.config import DeviceConfig, InferenceConfig, ModelConfig
+from device.metrics import cpu_temperature, rss_mb
 from device.mqtt import MqttPublisher, utc_iso
+from device.pipeline import CameraPipeline
 from device.preprocess import limit_opencv_threads
-from device.sinks import ConsoleSink, MqttClassificationSink, Result, Sink
-from device.sources import open_source
+from device.sinks import ConsoleSink, MqttClassificationSink, SinkSet
+from device.sources import check_source
+from device.supervision import SupervisionConfig
 
 if TYPE_CHECKING:
     from device.alerts.service import AlertService
+    from device.commands import CommandDispatcher
 
 log = logging.getLogger(__name__)
 
+EXIT_OK = 0
+EXIT_CAMERA_FAILED = 1
+
 
 def build_classifier(
-    model: ModelConfig, inference: InferenceConfig, roi: list[float] | None
+    model: ModelConfig, inference: InferenceConfig, roi: Sequence[float] | None
 ) -> Classifier:
-    options = InferenceOptions(
-        threads=inference.threads,
-        xnnpack=inference.xnnpack,
-        edgetpu=inference.edgetpu,
-        edgetpu_device=inference.edgetpu_device,
-        runtime=inference.runtime,
-    )
-    return Classifier.open(
-        model.path,
-        model.labels,
-        options=options,
-        fallback=model.fallback,
-        fallback_labels=model.fallback_labels,
-        roi=roi,
-        mean=model.mean,
-        std=model.std,
-        resize=model.resize,
-        crop=model.crop,
-        allow_failed_gate=model.allow_failed_gate,
-    )
+    return Classifier.from_config(model, inference, roi)
 
 
-class CameraPipeline:
-    """Capture thread + inference thread for one camera."""
+def supervision_config(config: DeviceConfig) -> SupervisionConfig:
+    """The ``supervision:`` section (its defaults where the config has none)."""
+    return getattr(config, "supervision", None) or SupervisionConfig()
 
-    def __init__(
-        self,
-        camera: CameraConfig,
-        classifier: Classifier,
-        inference: InferenceConfig,
-        sinks: list[Sink],
-        stop: threading.Event,
-        max_results: int | None = None,
-    ):
-        self.camera = camera
-        self.classifier = classifier
-        self.top_k = inference.top_k
-        self.min_score = inference.min_score
-        self.sinks = sinks
-        self.stop_event = stop
-        self.max_results = max_results
-        self.stats = CameraStats()
-        self.source = open_source(
-            camera.source, width=camera.width, height=camera.height, fps=camera.fps
-        )
-        self.source.open()  # fail early, in the main thread, with a clear SourceError
-        log.info("camera %s: %s", camera.name, self.source.describe())
-        self.capture = CaptureThread(
-            camera.name,
-            self.source,
-            classifier.prepare,
-            classifier.preprocessor.new_buffer,
-            realtime=camera.realtime,
-            loop=camera.loop,
-            reconnect_max_s=camera.reconnect_max_s,
-            stop=stop,
-        )
-        self.thread = threading.Thread(target=self._loop, name=f"infer-{camera.name}", daemon=True)
-        self.done = threading.Event()
 
-    def start(self) -> None:
-        self.stats = CameraStats()
-        self.capture.start()
-        self.thread.start()
+@dataclass
+class Preflight:
+    """What the checks built: one classifier per camera (in ``config.cameras`` order) and
+    each camera's source kind (auto, camera, stream, video, folder, picamera2)."""
 
-    def _loop(self) -> None:
+    classifiers: list[Classifier]
+    source_kinds: dict[str, str]
+
+
+def preflight(config: DeviceConfig) -> Preflight:
+    """Check everything ``run`` needs before it starts, without opening a camera.
+
+    The sources parse (a file or folder that does not exist is an error), the model loads in
+    the real interpreter with each camera's options, its labels match its output count, and
+    the alert rules name labels of the model and existing cameras. Raises an EdgecamError
+    (ConfigError, ModelError, SourceError) naming what is wrong and how to fix it.
+    """
+    kinds = {cam.name: check_source(cam.source) for cam in config.cameras}
+    classifiers = [
+        build_classifier(config.model, config.inference, cam.roi) for cam in config.cameras
+    ]
+    if config.alerts.enabled:
         try:
-            while not self.stop_event.is_set():
-                item = self.capture.slot.get(timeout=0.5)
-                if item is None:
-                    if self.capture.finished.is_set():
-                        break
-                    continue
-                try:
-                    top, ms = self.classifier.classify_tensor(
-                        item.tensor, self.top_k, self.min_score
-                    )
-                finally:
-                    self.capture.release(item)
-                now = time.monotonic()
-                total_ms = (now - item.frame.ts_mono) * 1000.0
-                self.stats.record(ms, total_ms, now)
-                result = Result(
-                    self.camera.name, item.frame, top, ms, total_ms, self.classifier.bundle.ref
-                )
-                for sink in self.sinks:
-                    sink.handle(result)
-                if self.max_results and self.stats.results >= self.max_results:
-                    log.info(
-                        "camera %s: %d results, stopping", self.camera.name, self.stats.results
-                    )
-                    break
-        finally:
-            self.done.set()
+            from device.alerts import check_rules  # type: ignore[attr-defined]
+        except ImportError:  # the older home of the same function
+            from device.alerts.service import check_rules
 
-    def metrics(self) -> dict[str, Any]:
-        snap = self.stats.snapshot()
-        snap.update(
-            frames=self.capture.frames,
-            dropped=self.capture.dropped,
-            reconnects=self.capture.reconnects,
-            source=self.source.describe(),
-        )
-        return snap
-
-    def join(self, timeout: float = 5.0) -> None:
-        self.capture.stop()
-        self.thread.join(timeout)
-        self.capture.join(timeout)
+        check_rules(config.alerts, [c.name for c in config.cameras], classifiers[0].bundle.labels)
+    return Preflight(classifiers, kinds)
 
 
 class Runner:
@@ -152,18 +89,19 @@ class Runner:
         config: DeviceConfig,
         max_results: int | None = None,
         config_path: str | Path | None = None,
+        checked: Preflight | None = None,
     ):
         self.config = config
         limit_opencv_threads()
         self.stop_event = threading.Event()
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
-        self.sinks: list[Sink] = []
+        self.sinks = SinkSet()
         self.publisher: MqttPublisher | None = None
         self.pipelines: list[CameraPipeline] = []
-        classifiers = [
-            build_classifier(config.model, config.inference, cam.roi) for cam in config.cameras
-        ]
+        self._health_changed = threading.Event()
+        checked = checked or preflight(config)
+        classifiers = checked.classifiers
         first = classifiers[0]
         self.status = {
             "state": "online",
@@ -179,56 +117,102 @@ class Runner:
             "host": platform.node(),
         }
         if config.console.format != "off" or config.console.jsonl_path:
-            self.sinks.append(ConsoleSink(config.console))
+            self.sinks.add(ConsoleSink(config.console))
         if config.mqtt.enabled:
             self.publisher = MqttPublisher(config.mqtt, config.device_id, self.status)
-            self.sinks.append(MqttClassificationSink(self.publisher, config.mqtt))
+            self.sinks.add(MqttClassificationSink(self.publisher, config.mqtt))
         self.alerts: AlertService | None = None
+        self.commands: CommandDispatcher | None = None
         if config.alerts.enabled:
             self.alerts = self._build_alerts(first, config_path)
-            self.sinks.append(self.alerts)
+            self.sinks.add(self.alerts)
+        supervision = supervision_config(config)
         try:
             for cam, classifier in zip(config.cameras, classifiers, strict=True):
                 self.pipelines.append(
                     CameraPipeline(
-                        cam, classifier, config.inference, self.sinks, self.stop_event, max_results
+                        cam,
+                        classifier,
+                        self.sinks,
+                        self.stop_event,
+                        top_k=config.inference.top_k,
+                        min_score=config.inference.min_score,
+                        max_results=max_results,
+                        supervision=supervision,
+                        rebuild=self._rebuilder(cam.roi),
+                        on_change=self._camera_changed,
                     )
                 )
         except Exception:
             for p in self.pipelines:
-                p.source.close()
+                p.close()
             raise
 
+    def _rebuilder(self, roi: Sequence[float] | None):
+        config = self.config
+        return lambda: build_classifier(config.model, config.inference, roi)
+
+    def _camera_changed(self, pipeline: CameraPipeline) -> None:
+        state = pipeline.health.state
+        if state in ("restarting", "failed"):
+            self._health_changed.set()  # metrics go out now, not at the next interval
+
     def _build_alerts(self, first: Classifier, config_path: str | Path | None) -> AlertService:
-        from device.alerts.service import AlertService
+        """The alerts, and the device's command dispatcher with their commands and ``reload``."""
+        from device.alerts.service import AlertContext, AlertService
+        from device.commands import CommandDispatcher, effective_config
+        from device.topics import Topics
 
         config = self.config
-        cameras = {c.name: c for c in config.cameras}
+        topics = Topics(config.mqtt.topic_prefix, config.device_id)
 
         def roi_classifier(camera: str, roi: Sequence[float]) -> Classifier:
             # a rule's roi is a crop of the full frame, classified by its own interpreter
             return build_classifier(config.model, config.inference, list(roi))
 
-        return AlertService(
-            config.alerts,
-            device_id=config.device_id,
-            cameras=list(cameras),
-            labels=first.bundle.labels,
-            publisher=self.publisher,
-            topic_prefix=config.mqtt.topic_prefix,
-            classifier_factory=roi_classifier,
+        context = AlertContext(
+            topics,
+            [c.name for c in config.cameras],
+            first.bundle.labels,
             top_k=config.inference.top_k,
-            config_path=config_path,
             version=__version__,
             model_name=first.bundle.name,
             model_ref=first.bundle.ref,
         )
+        alerts = AlertService(config.alerts, context, self.publisher, roi_classifier)
+        if self.publisher is not None:
+            commands = effective_config(config.commands, config.alerts.commands)
+            self.commands = CommandDispatcher(self.publisher, topics, commands)
+            alerts.register_commands(self.commands)
+            self._register_reload(self.commands, alerts, config_path)
+            self.commands.start()
+        return alerts
+
+    @staticmethod
+    def _register_reload(
+        dispatcher: CommandDispatcher, alerts: AlertService, config_path: str | Path | None
+    ) -> None:
+        """``reload``: read the config file again and hand its ``alerts`` section over."""
+        from device.commands import CommandError, ReloadCommand, Reply
+        from device.config import load_config
+        from device.errors import EdgecamError
+
+        def reload(cmd: ReloadCommand, reply: Reply) -> None:
+            if config_path is None:
+                raise CommandError("reload needs the device started with --config FILE")
+            try:
+                reply.ok(alerts.reload(load_config(config_path).alerts))
+            except EdgecamError as exc:
+                raise CommandError(str(exc)) from None
+
+        dispatcher.register("reload", ReloadCommand, reload)
 
     def metrics(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "ts": utc_iso(time.time()),
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "cameras": {p.camera.name: p.metrics() for p in self.pipelines},
+            "sinks": self.sinks.metrics(),
             "rss_mb": round(rss_mb(), 1),
             "cpu_temp_c": cpu_temperature(),
         }
@@ -246,13 +230,16 @@ class Runner:
         payload = self.metrics()
         for name, cam in payload["cameras"].items():
             log.info(
-                "metrics %s: %.1f fps, inference p50 %.1f ms, latency p50/p95 %.1f/%.1f ms, dropped %d",
+                "metrics %s: %s, %.1f fps, inference p50 %.1f ms, latency p50/p95 %.1f/%.1f ms, "
+                "dropped %d, restarts %d",
                 name,
+                cam["state"],
                 cam["fps"],
                 cam["inference_ms"]["p50"],
                 cam["latency_ms"]["p50"],
                 cam["latency_ms"]["p95"],
                 cam["dropped"],
+                cam["restarts"],
             )
         if self.publisher is not None:
             self.publisher.publish(self.publisher.topic("metrics"), payload)
@@ -262,42 +249,65 @@ class Runner:
             log.info("received %s, stopping", signal.Signals(signum).name)
         self.stop_event.set()
 
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {
+            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+
     def run(self) -> int:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
-        if self.alerts is not None:
-            self.alerts.start()
-        if self.publisher is not None:
-            self.publisher.start()
-        for p in self.pipelines:
-            p.start()
-        interval = self.config.metrics.interval
-        next_metrics = time.monotonic() + interval
+        """Run until stopped, every camera ended, or a camera failed; the exit status: 0, or
+        1 when a camera could not be recovered."""
+        previous = self._install_signal_handlers()
         try:
-            while not self.stop_event.is_set():
-                if all(p.done.is_set() for p in self.pipelines):
-                    break
-                self.stop_event.wait(min(0.2, max(0.0, next_metrics - time.monotonic())))
-                if time.monotonic() >= next_metrics:
-                    self._publish_metrics()
-                    next_metrics += interval
+            if self.alerts is not None:
+                self.alerts.start()
+            if self.publisher is not None:
+                self.publisher.start()
+            for p in self.pipelines:
+                p.start()
+            self._supervise()
         finally:
             self.shutdown()
-        failed = [p for p in self.pipelines if p.capture.error is not None]
-        return 1 if failed else 0
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        failed = [p.camera.name for p in self.pipelines if p.failed]
+        if failed:
+            log.error(
+                "camera(s) %s could not be recovered: exiting with status 1", ", ".join(failed)
+            )
+            return EXIT_CAMERA_FAILED
+        return EXIT_OK
+
+    def _supervise(self) -> None:
+        interval = self.config.metrics.interval
+        next_metrics = time.monotonic() + interval
+        while not self.stop_event.is_set():
+            if any(p.failed for p in self.pipelines) or all(
+                p.done.is_set() for p in self.pipelines
+            ):
+                return
+            self.stop_event.wait(min(0.2, max(0.0, next_metrics - time.monotonic())))
+            if self._health_changed.is_set():
+                self._health_changed.clear()
+                self._publish_metrics()
+            if time.monotonic() >= next_metrics:
+                self._publish_metrics()
+                next_metrics += interval
 
     def shutdown(self) -> None:
         self.stop_event.set()
         for p in self.pipelines:
             p.join()
+        if self.commands is not None:
+            self.commands.stop()
         if self.alerts is not None:
             self.alerts.stop()  # ends active events, flushes the outbox while still connected
         self._publish_metrics()
         if self.publisher is not None:
             self.publisher.stop()
-        for sink in self.sinks:
-            sink.close()
+        self.sinks.close()
         log.info("stopped")
 
 

@@ -13,17 +13,63 @@ from pathlib import Path
 from device.errors import SourceError
 from device.sources.base import Frame, FrameSource
 from device.sources.folder import ImageFolderSource
-from device.sources.opencv import OpenCVSource
+from device.sources.opencv import OpenCVSource, redact_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Frame", "FrameSource", "ImageFolderSource", "OpenCVSource", "open_source"]
+__all__ = [
+    "Frame",
+    "FrameSource",
+    "ImageFolderSource",
+    "OpenCVSource",
+    "check_source",
+    "describe_source",
+    "open_source",
+]
 
 SAMPLE_CLIP = Path("models/vtest.avi")
 
 
 def _is_url(spec: str) -> bool:
     return "://" in spec
+
+
+def describe_source(spec: str) -> str:
+    """``spec`` as it may be printed or logged: credentials in stream URLs redacted."""
+    spec = str(spec).strip()
+    return redact_url(spec) if _is_url(spec) else spec
+
+
+def check_source(spec: str) -> str:
+    """Check that ``spec`` names a source, without opening or probing any device.
+
+    Returns the kind (auto, picamera2, camera, stream, folder, video); SourceError for what
+    is wrong in the config itself (a file or folder that does not exist).
+    """
+    spec = str(spec).strip()
+    if spec == "auto":
+        return "auto"
+    if spec == "picamera2" or spec.startswith("picamera2:"):
+        index = spec.split(":", 1)[1] if ":" in spec else "0"
+        if not index.isdigit():
+            raise SourceError(
+                f"bad Pi camera source {spec!r}", "write picamera2 or picamera2:N (N = 0, 1, ...)"
+            )
+        return "picamera2"
+    if spec.isdigit():
+        return "camera"
+    if _is_url(spec):
+        return "stream"
+    path = Path(spec)
+    if path.is_dir():
+        return "folder"
+    if not path.exists():
+        raise SourceError(
+            f"source not found: {spec}",
+            "give a video file, an image folder, a camera index (0), an rtsp:// URL, "
+            "picamera2, or auto",
+        )
+    return "video"
 
 
 def open_source(
@@ -33,29 +79,27 @@ def open_source(
     height: int | None = None,
     fps: float | None = None,
 ) -> FrameSource:
-    """Build (not yet open) the source that ``spec`` names; see CameraConfig.source."""
+    """Build the source that ``spec`` names; see CameraConfig.source.
+
+    The source is not opened, except a USB camera that ``auto`` had to open to probe it:
+    that one comes back open (``is_open``), so that the camera is opened once.
+    """
     spec = str(spec).strip()
-    if spec == "auto":
+    kind = check_source(spec)
+    if kind == "auto":
         return _auto_source(width, height, fps)
-    if spec == "picamera2" or spec.startswith("picamera2:"):
+    if kind == "picamera2":
         from device.sources.picamera import Picamera2Source
 
         index = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return Picamera2Source(index, width=width, height=height, fps=fps)
-    if spec.isdigit():
+    if kind == "camera":
         return OpenCVSource(int(spec), width=width, height=height, fps=fps)
-    if _is_url(spec):
+    if kind == "stream":
         return OpenCVSource(spec, fps=fps)
-    path = Path(spec)
-    if path.is_dir():
-        return ImageFolderSource(path, fps=fps)
-    if not path.exists():
-        raise SourceError(
-            f"source not found: {spec}",
-            "give a video file, an image folder, a camera index (0), an rtsp:// URL, "
-            "picamera2, or auto",
-        )
-    return OpenCVSource(str(path), fps=fps)
+    if kind == "folder":
+        return ImageFolderSource(Path(spec), fps=fps)
+    return OpenCVSource(spec, fps=fps)
 
 
 def _auto_source(width: int | None, height: int | None, fps: float | None) -> FrameSource:
@@ -76,7 +120,7 @@ def _auto_source(width: int | None, height: int | None, fps: float | None) -> Fr
             log.info("auto source: /dev/video0 exists but does not deliver frames")
         else:
             log.info("auto source: USB camera 0")
-            return source
+            return source  # already open: the pipeline uses it as it is
     if SAMPLE_CLIP.exists():
         log.info("auto source: no camera found, playing the sample clip %s in a loop", SAMPLE_CLIP)
         clip = OpenCVSource(str(SAMPLE_CLIP), fps=fps)

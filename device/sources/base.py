@@ -45,6 +45,11 @@ class FrameSource(ABC):
         """Release the device or file (idempotent)."""
 
     @property
+    def is_open(self) -> bool:
+        """True between a successful ``open()`` and ``close()``."""
+        return False
+
+    @property
     def fps(self) -> float | None:
         """Nominal frame rate when known."""
         return None

@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class ImageFolderSource(FrameSource):
+    """Images of a folder in name order. A folder that disappears raises SourceError from
+    ``read()`` (the capture thread then retries with backoff); an unreadable image is skipped
+    with one warning per file, not one per pass."""
+
     live = False
 
     def __init__(self, folder: str | Path, *, fps: float | None = None):
@@ -22,6 +26,8 @@ class ImageFolderSource(FrameSource):
         self.requested_fps = fps
         self._files: list[Path] = []
         self._pos = 0
+        self._open = False
+        self._warned: set[Path] = set()
 
     def describe(self) -> str:
         return f"image folder {self.folder}"
@@ -30,17 +36,26 @@ class ImageFolderSource(FrameSource):
     def fps(self) -> float | None:
         return self.requested_fps
 
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
     def open(self) -> None:
         if not self.folder.is_dir():
             raise SourceError(f"image folder not found: {self.folder}")
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError as exc:
+            raise SourceError(f"cannot list image folder {self.folder}: {exc.strerror}") from None
         self._files = sorted(
-            p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
         )
         if not self._files:
             raise SourceError(
                 f"no images in {self.folder}", f"put {', '.join(IMAGE_SUFFIXES)} files there"
             )
         self._pos = 0
+        self._open = True
 
     def read(self) -> np.ndarray | None:
         while self._pos < len(self._files):
@@ -49,12 +64,19 @@ class ImageFolderSource(FrameSource):
             try:
                 return load_image(path)
             except SourceError as exc:
-                log.warning("skipping %s", exc.message)
+                if not self.folder.is_dir():
+                    self._open = False
+                    raise SourceError(f"image folder {self.folder} disappeared") from None
+                if path not in self._warned:
+                    self._warned.add(path)
+                    log.warning("skipping %s", exc.message)
         return None
 
     def rewind(self) -> bool:
-        self._pos = 0
-        return bool(self._files)
+        """Start again, with the folder listed afresh (files added or removed meanwhile)."""
+        self.open()
+        return True
 
     def close(self) -> None:
         self._pos = len(self._files)
+        self._open = False

@@ -40,11 +40,15 @@ class OpenCVSource(FrameSource):
         if self.is_file:
             return f"video {self.spec}"
         # never log credentials embedded in stream URLs
-        return "stream " + _redact(self.spec)
+        return "stream " + redact_url(self.spec)
 
     @property
     def fps(self) -> float | None:
         return self.requested_fps or self._fps
+
+    @property
+    def is_open(self) -> bool:
+        return self._cap is not None
 
     def open(self) -> None:
         if self.is_file and not Path(str(self.spec)).is_file():
@@ -106,7 +110,8 @@ class OpenCVSource(FrameSource):
             self._cap = None
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
+    """``scheme://user:pass@host/...`` -> ``scheme://***@host/...``: for logs and messages."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest.split("/", 1)[0]:
         rest = "***@" + rest.split("@", 1)[1]

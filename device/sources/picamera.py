@@ -57,6 +57,10 @@ class Picamera2Source(FrameSource):
     def fps(self) -> float | None:
         return self.requested_fps
 
+    @property
+    def is_open(self) -> bool:
+        return self._cam is not None
+
     def open(self) -> None:
         cls = _picamera2()
         try:

@@ -90,6 +90,11 @@ class FlakyCamera(FrameSource):
     def __init__(self) -> None:
         self.opens = 0
         self.frames = 0
+        self._open = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
 
     def open(self) -> None:
         from device.errors import SourceError
@@ -97,6 +102,7 @@ class FlakyCamera(FrameSource):
         self.opens += 1
         if self.opens in (2, 3):
             raise SourceError("camera gone")
+        self._open = True
 
     def read(self):
         self.frames += 1
@@ -105,7 +111,7 @@ class FlakyCamera(FrameSource):
         return np.full((4, 4, 3), self.frames % 256, np.uint8)
 
     def close(self) -> None:
-        pass
+        self._open = False
 
 
 def test_live_source_reconnects_with_backoff() -> None:
@@ -123,7 +129,7 @@ def test_live_source_reconnects_with_backoff() -> None:
     cap.join(5)
     assert len(seen) >= 10
     assert cap.reconnects == 1 and cam.opens == 4
-    assert cap.error is None
+    assert cap.crash is None
 
 
 def test_folder_source_loops(tmp_path: Path, test_data: Path) -> None:
