@@ -1,7 +1,9 @@
 """The device configuration: one YAML file validated into typed models.
 
 Every section has ``extra="forbid"``: a misspelt key is an error naming the key, its path and
-its line in the file. Secrets can come from the environment (``EDGECAM_MQTT_USERNAME``,
+its line in the file. The file is read by ``device.yamlfile`` (YAML 1.2 booleans, so ``off``
+is text; duplicate keys, non-finite numbers and alias bombs refused; secrets masked in syntax
+errors). Secrets can come from the environment (``EDGECAM_MQTT_USERNAME``,
 ``EDGECAM_MQTT_PASSWORD``), which overrides the file. Each component is handed only its own
 section. Relative paths are relative to the working directory of the process.
 """
@@ -28,12 +30,16 @@ from pydantic import (
 from device.alerts.config import AlertsConfig
 from device.commands import CommandsConfig
 from device.errors import ConfigError
+from device.files import read_text
+from device.manifest import CROP_MODES, RESIZE_FILTERS
+from device.names import CameraName, DeviceId
+from device.yamlfile import load_yaml
 
-_TOPIC_SAFE = r"^[A-Za-z0-9_.-]+$"
+MAX_CONFIG_BYTES = 1 << 20  # a device config is a few KB
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -59,14 +65,14 @@ class ModelConfig(Section):
     std: list[float] | None = Field(
         None, description="Per-channel std of the normalisation; null: the model's own."
     )
-    resize: Literal["bilinear", "area", "nearest"] | None = Field(
+    resize: Literal[RESIZE_FILTERS] | None = Field(  # type: ignore[valid-type]
         None, description="Resize filter; null: the model manifest's (default bilinear)."
     )
     allow_failed_gate: bool = Field(
         False,
         description="Run a bundle whose verification gate failed in `make convert` (refused by default).",
     )
-    crop: Literal["none", "center"] | None = Field(
+    crop: Literal[CROP_MODES] | None = Field(  # type: ignore[valid-type]
         None,
         description="Centre-crop to the model's aspect ratio before resizing; null: the manifest's.",
     )
@@ -98,7 +104,11 @@ class InferenceConfig(Section):
 
 
 class CameraConfig(Section):
-    name: str = Field("cam0", pattern=_TOPIC_SAFE, description="Camera name, used in MQTT topics.")
+    name: CameraName = Field(
+        "cam0",
+        description="Camera name, used in MQTT topics and file names "
+        "(letters, digits, _ . -; not . or ..).",
+    )
     source: str = Field(
         "auto",
         description=(
@@ -211,14 +221,14 @@ class MetricsConfig(Section):
 
 
 def _default_device_id() -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "edgecam"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64]
+    return name if name.strip(".") else "edgecam"
 
 
 class DeviceConfig(Section):
-    device_id: str = Field(
+    device_id: DeviceId = Field(
         default_factory=_default_device_id,
-        pattern=_TOPIC_SAFE,
-        description="Device name in MQTT topics; default: the host name.",
+        description="Device name in MQTT topics (letters, digits, _ . -); default: the host name.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Logging level."
@@ -285,7 +295,7 @@ def _format_errors(exc: ValidationError, source: str, lines: dict[tuple[Any, ...
             allowed = ", ".join(parent.model_fields) if parent else ""
             msg = f"unknown key {loc[-1]!r}" + (f" (allowed here: {allowed})" if allowed else "")
         else:
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
         messages.append(f"{where}: {dotted}: {msg}")
     return "invalid config:\n  " + "\n  ".join(messages)
 
@@ -314,16 +324,13 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
 
 def parse_config(text: str, source: str = "<config>") -> DeviceConfig:
     """Validate YAML text into a DeviceConfig; ConfigError names field, file and line."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+    data, node = load_yaml(text, source, ConfigError)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{source}: the top level must be a mapping of sections (model:, cameras:, ...)"
+            f"{source}: the top level must be a mapping of sections (model:, cameras:, ...)",
+            "start from config/device.example.yaml",
         )
     env_user = os.environ.get("EDGECAM_MQTT_USERNAME")
     env_pass = os.environ.get("EDGECAM_MQTT_PASSWORD")
@@ -346,13 +353,11 @@ def load_config(path: str | Path | None) -> DeviceConfig:
     """Load and validate a config file; None gives the defaults (plus environment secrets)."""
     if path is None:
         return parse_config("", "<defaults>")
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"config file not found: {path}", "copy config/device.example.yaml and edit it"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    text = read_text(
+        path,
+        "config file",
+        ConfigError,
+        max_bytes=MAX_CONFIG_BYTES,
+        missing_hint="copy config/device.example.yaml and edit it",
+    )
     return parse_config(text, str(path))

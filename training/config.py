@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from device.files import read_text
+from device.yamlfile import load_yaml
 from training.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ DEFAULT_SIZES = {
 class AugmentConfig(BaseModel):
     """Random changes applied to training batches only (never val/test, never the export)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(True, description="Master switch for all augmentation.")
     flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = Field(
@@ -49,7 +51,7 @@ class AugmentConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Everything that decides a training run; written resolved to ``config.yaml``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backbone: Backbone = Field(
         "mobilenetv2", description="Network: a keras.applications backbone or a small plain CNN."
@@ -151,17 +153,13 @@ def _error_line(exc: ValidationError, source: str) -> str:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file (and line for YAML syntax errors)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML") from None
+    """Read a YAML mapping through the device's safe loader (YAML 1.2 booleans, so
+    ``mixed_precision: off`` is the string "off"; duplicate keys, non-finite numbers and alias
+    bombs refused); errors name the file and line."""
+    text = read_text(path, "config file", ConfigError, max_bytes=1 << 20)
+    data, _ = load_yaml(text, str(path), ConfigError)
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
     return data
