@@ -296,3 +296,26 @@ def wait_until_fixture():
     """The ``wait_until`` helper as a fixture (tests cannot import conftest by name under
     --import-mode=importlib)."""
     return wait_until
+
+
+# -- commands ------------------------------------------------------------------------------------
+def send_command(sub, name: str, payload=None, device: str = "test-pi", timeout: float = 20.0):
+    """Publish ``payload`` (a dict, bytes or None) on ``edgecam/<device>/cmd/<name>`` with the
+    subscriber's own client (QoS 1) and return the next reply on ``.../cmd/<name>/result``
+    (the subscriber must receive that topic). AssertionError when no reply comes."""
+    import json
+
+    result = f"edgecam/{device}/cmd/{name}/result"
+    before = len(sub.on(result))
+    if isinstance(payload, dict):
+        payload = json.dumps(payload).encode()
+    sub.client.publish(f"edgecam/{device}/cmd/{name}", payload or b"", qos=1)
+    if not sub.wait_for(lambda ms: sum(t == result for t, _, _ in ms) > before, timeout):
+        raise AssertionError(f"no reply on {result} within {timeout:g} s")
+    return json.loads(sub.on(result)[before][1])
+
+
+@pytest.fixture(name="send_command")
+def send_command_fixture():
+    """The ``send_command`` helper as a fixture."""
+    return send_command
