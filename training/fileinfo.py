@@ -15,6 +15,8 @@ import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from device.errors import SourceError
+from device.preprocess import ImageTooLargeError, check_image
 from training.hashing import sha256_bytes, thumbnail
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ class FileInfo:
     """What one file turned out to be. ``problem`` is None when it decodes cleanly."""
 
     sha256: str
-    problem: str | None = None  # "not_an_image" | "truncated" | "unreadable"
+    problem: str | None = None  # "not_an_image" | "truncated" | "unreadable" | "too_large"
     detail: str = ""
     format: str | None = None
     width: int = 0
@@ -51,6 +53,15 @@ def inspect_file(path: Path, fingerprints: bool = True) -> FileInfo:
     """Decode ``path`` fully (Pillow, strict about truncation, then OpenCV as training does)."""
     data = path.read_bytes()
     info = FileInfo(sha256=sha256_bytes(data))
+    try:  # from the header, before Pillow or OpenCV decode a possible decompression bomb
+        header = check_image(data, "image")
+    except ImageTooLargeError as exc:
+        info.problem, info.detail = "too_large", exc.message.split("too large: ", 1)[-1]
+        return info
+    except SourceError:
+        header = None  # Pillow says what it is below
+    if header is not None:
+        info.format, info.width, info.height = header.format, header.width, header.height
     try:
         img = Image.open(io.BytesIO(data))
         info.format = img.format
@@ -58,6 +69,9 @@ def inspect_file(path: Path, fingerprints: bool = True) -> FileInfo:
         info.mode = img.mode
     except UnidentifiedImageError:
         info.problem, info.detail = "not_an_image", "not a recognised image file"
+        return info
+    except Image.DecompressionBombError as exc:  # over Pillow's own limit
+        info.problem, info.detail = "too_large", str(exc)
         return info
     try:
         img.load()

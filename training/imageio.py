@@ -12,18 +12,24 @@ from pathlib import Path
 
 import numpy as np
 
-from device.preprocess import decode_image, resize
+from device.errors import SourceError
+from device.preprocess import check_image, decode_image, load_image, resize
 
 log = logging.getLogger(__name__)
 
 
 class ImageDecodeError(ValueError):
-    """The file is not an image OpenCV can decode."""
+    """The file is not an image OpenCV can decode, or declares more pixels than the limit."""
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, BMP, ...) to an HxWx3 uint8 RGB array
-    (the device's own decoder: grayscale expanded to 3 channels, alpha dropped)."""
+    (the device's own decoder: grayscale expanded to 3 channels, alpha dropped). The size in
+    the header is checked against the device's pixel limit before decoding."""
+    try:
+        check_image(data, "image data")
+    except SourceError as exc:
+        raise ImageDecodeError(exc.message) from None
     img = decode_image(data)
     if img is None:
         raise ImageDecodeError("cannot decode image data")
@@ -37,12 +43,12 @@ def resize_rgb(img: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def load_rgb(path: str | Path, height: int, width: int) -> np.ndarray:
-    """Read a file and return it as (height, width, 3) uint8 RGB."""
-    data = Path(path).read_bytes()
+    """Read a file and return it as (height, width, 3) uint8 RGB (checked like the device's
+    ``load_image``: size from the header before decoding)."""
     try:
-        img = decode_rgb(data)
-    except ImageDecodeError as exc:
-        raise ImageDecodeError(f"{path}: {exc}") from None
+        img = load_image(path)
+    except SourceError as exc:
+        raise ImageDecodeError(exc.message) from None
     return resize_rgb(img, height, width)
 
 
