@@ -252,8 +252,8 @@ class CaptureThread(threading.Thread):
         first_open = not self.source.is_open and cause is None and self.frames == 0
         self._on_state("reconnecting")
         if not first_open:
-            why = cause.message if cause is not None else "stopped delivering frames"
-            log.warning("%s: %s: %s; reconnecting", self.name, what, why)
+            why = cause.message if cause is not None else f"{what} stopped delivering frames"
+            log.warning("%s: %s; reconnecting", self.name, why)
         delay = 0.5 if not first_open else 0.0
         attempts = 0
         reminded = time.monotonic()
