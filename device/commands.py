@@ -101,9 +101,16 @@ class Command(BaseModel):
     """Base of every command payload model."""
 
     model_config = ConfigDict(extra="forbid")
-    id: Annotated[str, Field(max_length=64)] | int | None = Field(
+    id: str | int | None = Field(
         None, description="Echoed in the reply (a string of at most 64 characters, or a number)."
     )
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _short_id(cls, value: Any) -> Any:
+        if _echoable_id(value) is None and value is not None:
+            raise ValueError("give a string of at most 64 characters or a 64-bit integer")
+        return value
 
 
 class ReloadCommand(Command):
@@ -296,7 +303,10 @@ def request_id(payload: bytes) -> str | int | None:
         data = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
-    value = data.get("id") if isinstance(data, dict) else None
+    return _echoable_id(data.get("id") if isinstance(data, dict) else None)
+
+
+def _echoable_id(value: Any) -> str | int | None:
     if isinstance(value, str) and len(value) <= 64:
         return value
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
@@ -337,5 +347,5 @@ def _short(part: Any) -> str:
     """A field name from the payload, shortened: an unknown key is named, never repeated whole."""
     text = str(part)
     if len(text) > 32:
-        return f"{text[:16]!r}... ({len(text)} characters)"
+        return f"<a key of {len(text)} characters>"
     return text if _SAFE.match(text) else repr(text)
