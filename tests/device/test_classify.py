@@ -320,3 +320,40 @@ def test_bundle_that_failed_its_gate_is_refused(tmp_path: Path, test_data: Path)
     assert_clean_error(
         classify(coral / "cat.bmp", "--model", bundle, check=False), "does not match its manifest"
     )
+
+
+# -- --mean/--std never swallow the images --------------------------------------------------------
+def test_std_and_mean_before_positional_images(test_data: Path) -> None:
+    coral = test_data / "coral"
+    model = ["--model", coral / "mobilenet_v2_1.0_224_quant.tflite"]
+    labels = ["--labels", coral / "imagenet_labels.txt", "--json"]
+    identity = as_json(classify(coral / "cat.bmp", *model, *labels))[0]["top"]
+    # the option comes first and the image right after it: the image stays an image
+    one = as_json(classify("--std", "127.5", coral / "cat.bmp", *model, *labels))
+    assert [r["image"] for r in one] == [str(coral / "cat.bmp")]
+    comma = as_json(
+        classify(
+            "--mean", "127.5,127.5,127.5", coral / "cat.bmp", "--std", "127.5", *model, *labels
+        )
+    )
+    spaced = as_json(
+        classify(
+            "--mean",
+            "127.5",
+            "127.5",
+            "127.5",
+            coral / "cat.bmp",
+            "--std",
+            "127.5",
+            *model,
+            *labels,
+        )
+    )
+    assert comma[0]["top"] == spaced[0]["top"]  # the documented forms mean the same
+    assert comma[0]["top"][0]["label"] == "Egyptian cat"
+    assert comma[0]["top"][0]["score"] != pytest.approx(identity[0]["score"], abs=1e-4)
+    bad = classify("--std", "1,2", coral / "cat.bmp", *model, check=False)
+    assert bad.returncode == 2 and "give 1 or 3 numbers" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    threads = classify(coral / "cat.bmp", *model, "--threads", "0", check=False)
+    assert_clean_error(threads, "--threads", "greater than or equal to 1")
