@@ -330,15 +330,16 @@ def tls_failure_message(exc: ssl.SSLError, host: str, port: int, tls: TLSConfig 
     where = f"MQTT broker {host}:{port}"
     ca = f"mqtt.tls.ca_file ({tls.ca_file})" if tls and tls.ca_file else "the system CA store"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-        if getattr(exc, "verify_code", None) == 62 or "hostname mismatch" in str(why).lower():
+        why = str(getattr(exc, "verify_message", None) or exc.reason or exc).rstrip(".")
+        # 62: X509_V_ERR_HOSTNAME_MISMATCH, 64: X509_V_ERR_IP_ADDRESS_MISMATCH
+        if getattr(exc, "verify_code", None) in (62, 64) or "mismatch" in why.lower():
             return (
                 f"{where}: TLS certificate verification failed: the broker's certificate is not "
                 f"valid for the host name {host!r} ({why}); fix: set mqtt.host to a name or "
                 "address listed in the certificate (subjectAltName), or reissue the certificate"
                 " (mqtt.tls.insecure: true skips this check, for testing only)"
             )
-        if "expired" in str(why).lower() or "not yet valid" in str(why).lower():
+        if "expired" in why.lower() or "not yet valid" in why.lower():
             return (
                 f"{where}: TLS certificate verification failed: {why}; fix: renew the broker's "
                 "certificate, and check the device clock (timedatectl)"

@@ -158,3 +158,71 @@ def test_tls_missing_file_is_config_error(tmp_path, test_data):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "mqtt.tls.ca_file" in proc.stderr and "missing-ca.crt" in proc.stderr
+
+
+def tls_broker(broker_factory, certs: Path) -> int:
+    """A broker with TLS listeners (server certificate for localhost / 127.0.0.1)."""
+    tls_port = free_port()
+    tls = [
+        f"cafile {certs / 'ca.crt'}",
+        f"certfile {certs / 'server.crt'}",
+        f"keyfile {certs / 'server.key'}",
+    ]
+    # 127.0.0.2 is loopback too, but not in the certificate's names
+    broker_factory(
+        extra=[f"listener {tls_port} 127.0.0.1", *tls, f"listener {tls_port} 127.0.0.2", *tls]
+    ).start()
+    return tls_port
+
+
+def run_device(tmp_path: Path, test_data: Path, host: str, port: int, ca: Path) -> str:
+    """Run the device for a while against the TLS broker; its log (stderr)."""
+    coral = test_data / "coral"
+    config = tmp_path / "device.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "path": str(coral / "mobilenet_v1_0.25_128_quant.tflite"),
+                    "labels": str(coral / "imagenet_labels.txt"),
+                },
+                "cameras": [{"source": str(test_data / "opencv" / "vtest.avi"), "fps": 10}],
+                "mqtt": {"host": host, "port": port, "tls": {"ca_file": str(ca)}},
+                "console": {"format": "off"},
+                "alerts": {"enabled": False},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [*CLI, "run", "--config", str(config), "--frames", "20", "--realtime"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def test_tls_verification_failures_are_named_with_the_fix(
+    tmp_path, test_data, certs, broker_factory
+):
+    port = tls_broker(broker_factory, certs)
+    # a CA that did not sign the broker's certificate
+    other = tmp_path / "other"
+    other.mkdir()
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other-ca",
+        "-keyout", "ca.key", "-out", "ca.crt", cwd=other,
+    )  # fmt: skip
+    log = run_device(tmp_path, test_data, "127.0.0.1", port, other / "ca.crt")
+    assert "TLS certificate verification failed" in log, log
+    assert f"mqtt.tls.ca_file ({other / 'ca.crt'})" in log and "fix: set mqtt.tls.ca_file" in log
+    assert "not reachable" not in log
+    assert log.count("TLS certificate verification failed") == 1  # once, not once per retry
+
+    # the right CA, but a host name the certificate does not list
+    log = run_device(tmp_path, test_data, "127.0.0.2", port, certs / "ca.crt")
+    if "not reachable" in log:  # 127.0.0.2 is not routed here
+        pytest.skip("127.0.0.2 is not reachable on this machine")
+    assert "not valid for the host name '127.0.0.2'" in log, log
+    assert "fix: set mqtt.host to a name or address listed in the certificate" in log
