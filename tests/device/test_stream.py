@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
 CLI = [sys.executable, "-m", "device.cli"]
 
@@ -29,23 +28,15 @@ def http_video(test_data: Path):
     server.shutdown()
 
 
-def test_http_stream_reconnects_after_the_stream_ends(tmp_path, test_data, http_video):
+def test_http_stream_reconnects_after_the_stream_ends(
+    tmp_path, test_data, write_config, http_video
+):
     coral = test_data / "coral"
-    config = tmp_path / "device.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "model": {
-                    "path": str(coral / "mobilenet_v1_0.25_128_quant.tflite"),
-                    "labels": str(coral / "imagenet_labels.txt"),
-                },
-                "inference": {"threads": 1},
-                "cameras": [{"name": "door", "source": http_video, "reconnect_max_s": 1}],
-                "mqtt": {"enabled": False},
-                "console": {"format": "off", "jsonl_path": str(tmp_path / "r.jsonl")},
-                "metrics": {"interval": 1},
-            }
-        )
+    config = write_config(
+        model={"path": str(coral / "mobilenet_v1_0.25_128_quant.tflite")},
+        cameras=[{"name": "door", "source": http_video, "reconnect_max_s": 1}],
+        console={"jsonl_path": str(tmp_path / "r.jsonl")},
+        metrics={"interval": 1},
     )
     # The clip has 795 frames: 820 results are only reachable after a reconnect.
     proc = subprocess.run(
