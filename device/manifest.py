@@ -88,14 +88,13 @@ class InputSpec:
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> InputSpec:
-        """Parse an ``input`` object; ModelError naming ``where`` and the key otherwise."""
-        if data is None:
-            return cls()
+        """Parse an ``input`` object; ModelError naming ``where`` and the key otherwise.
+        (An absent ``input`` is ``{}``: everything from the model's tensors.)"""
         if not isinstance(data, dict):
             raise ModelError(
                 f"{where}: input must be an object {{height, width, resize, ...}}, "
                 f"got {_kind(data)}",
-                _FIX,
+                "leave `input` out to take the size from the model, or " + _FIX,
             )
         try:
             return cls(
@@ -110,9 +109,8 @@ class InputSpec:
                 std=triple(data.get("std"), f"{where}: input.std"),
             )
         except ModelError as exc:
-            if exc.message.startswith(where):
-                raise
-            raise ModelError(f"{where}: {exc.message}", exc.hint) from None
+            message = exc.message if exc.message.startswith(where) else f"{where}: {exc.message}"
+            raise ModelError(message, exc.hint or _FIX) from None
 
 
 def triple(value: Any, what: str) -> tuple[float, float, float] | None:
@@ -243,7 +241,7 @@ class Manifest:
             name=_optional(data, "name", str, where),
             version=str(version),
             variant=_variant(data.get("variant"), where),
-            input=InputSpec.from_json(data.get("input"), where),
+            input=InputSpec.from_json(data.get("input", {}), where),
             sha256=_sha256(data.get("sha256"), where),
             size_bytes=_count(data.get("size_bytes"), f"{where}: size_bytes"),
             num_classes=_count(data.get("num_classes"), f"{where}: num_classes"),

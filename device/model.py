@@ -72,11 +72,6 @@ class ModelBundle:
 
 def read_tflite(path: Path) -> bytes:
     """Read a .tflite file, checking it is one; a clear ModelError otherwise."""
-    if path.is_dir():
-        raise ModelError(
-            f"{path} is a folder without {MODEL_FILE}",
-            f"point --model at a .tflite file or at a bundle folder that contains {MODEL_FILE}",
-        )
     data = read_bytes(
         path,
         "model file",
@@ -133,6 +128,11 @@ def load_bundle(
     beside a bare model > none (indices are shown).
     """
     model = Path(model)
+    if model.is_dir() and not (model / MODEL_FILE).exists():
+        raise ModelError(
+            f"{model} is a folder without {MODEL_FILE}",
+            f"point --model at a .tflite file or at a bundle folder that contains {MODEL_FILE}",
+        )
     folder = model if model.is_dir() else model.parent
     tflite = model / MODEL_FILE if model.is_dir() else model
     manifest_path = folder / MANIFEST_FILE
@@ -156,8 +156,6 @@ def load_bundle(
         candidates += [tflite.with_suffix(".txt"), folder / LABELS_FILE]
         labels_path = next((p for p in candidates if is_readable_file(p)), None)
     label_map = read_labels(labels_path) if labels_path else {}
-    if has_manifest and manifest.num_classes is not None and not labels:
-        _check_label_count(label_map, manifest.num_classes, labels_path, manifest_path)
 
     is_edgetpu = EDGETPU_CUSTOM_OP in data
     bundle = ModelBundle(
@@ -174,31 +172,3 @@ def load_bundle(
     )
     log.debug("loaded model %s (%s, %d labels)", bundle.ref, bundle.variant, len(label_map))
     return bundle, data
-
-
-def _check_label_count(
-    labels: dict[int, str], classes: int, labels_path: Path | None, manifest_path: Path
-) -> None:
-    if labels and len(labels) != classes:
-        raise ModelError(
-            f"{labels_path} has {len(labels)} labels but {manifest_path} says the model has "
-            f"{classes} classes",
-            "use the labels.txt that came with the bundle (copy the whole folder again)",
-        )
-
-
-def check_labels_match(bundle: ModelBundle, classes: int) -> None:
-    """Refuse a labels file that does not fit the model's output (``classes`` scores).
-
-    Coral's ImageNet models list 1001 classes with background first; a labels file may also
-    leave the background class out (1000 labels), so one missing label is accepted.
-    """
-    if not bundle.labels:
-        return
-    top = max(bundle.labels) + 1
-    if top > classes or len(bundle.labels) < classes - 1:
-        raise ModelError(
-            f"the labels file {bundle.labels_path} lists {len(bundle.labels)} labels (ids up to "
-            f"{top - 1}) but the model {bundle.path.name} outputs {classes} classes",
-            "use the labels file that was trained or published with this model",
-        )
