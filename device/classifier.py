@@ -6,6 +6,7 @@ on the workstation are the figures the Pi produces.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InferenceOptions:
+    """The interpreter options (InferenceBackend's keyword arguments)."""
+
     threads: int | None = None
     xnnpack: bool = True
     edgetpu: bool = False
@@ -62,15 +65,7 @@ class Classifier:
         options = options or InferenceOptions()
         self.bundle = bundle
         self.options = options
-        self.backend = InferenceBackend(
-            bundle,
-            model_bytes,
-            threads=options.threads,
-            xnnpack=options.xnnpack,
-            edgetpu=options.edgetpu,
-            edgetpu_device=options.edgetpu_device,
-            runtime=options.runtime,
-        )
+        self.backend = InferenceBackend(bundle, model_bytes, **dataclasses.asdict(options))
         self.preprocessor = Preprocessor(bundle.input, self.backend.input, roi=roi)
         self._input = self.preprocessor.new_buffer()
 
