@@ -94,3 +94,38 @@ def test_validate_cli(tmp_path: Path) -> None:
         timeout=60,
     )
     assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+def test_yaml_is_read_without_yaml_1_1_surprises() -> None:
+    config = parse_config(
+        "console: {format: off, changes_only: no}\n"
+        "mqtt: {enabled: Off, port: 01883}\n"
+        "alerts:\n"
+        "  label_groups: {answers: [yes, no, on, off]}\n"
+        "cameras:\n"
+        "  - &cam {name: a, source: 1:30, loop: yes}\n"
+        "  - {<<: *cam, name: b}\n",
+        "x.yaml",
+    )
+    assert config.console.format == "off" and config.console.changes_only is False
+    assert config.mqtt.enabled is False and config.mqtt.port == 1883  # no octal surprise
+    assert config.alerts.label_groups["answers"] == ["yes", "no", "on", "off"]
+    assert [c.source for c in config.cameras] == ["1:30", "1:30"]  # not 90 (base 60)
+    assert [c.name for c in config.cameras] == ["a", "b"] and config.cameras[1].loop is True
+
+
+def test_yaml_syntax_error_excerpt_is_redacted() -> None:
+    from device.yamlfile import redact
+
+    assert redact("  password: hunter2") == "  password: ***"
+    assert redact('  "api_key": abc') == '  "api_key": ***'
+    assert redact("source: rtsp://admin:pw@cam:554/s") == "source: rtsp://admin:***@cam:554/s"
+    assert redact("host: broker") == "host: broker"
+    with pytest.raises(ConfigError) as info:
+        parse_config("mqtt:\n  token: s3cret: x\n", "x.yaml")
+    assert "s3cret" not in str(info.value) and "line 2" in str(info.value)
+
+
+def test_aliases_within_the_limit_are_expanded() -> None:
+    config = parse_config("alerts:\n  label_groups:\n    a: &a [x, y]\n    b: *a\n", "x.yaml")
+    assert config.alerts.label_groups["b"] == ["x", "y"]

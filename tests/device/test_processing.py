@@ -85,3 +85,68 @@ def test_preprocessor_writes_preallocated_buffer() -> None:
     out_f = pre_f.process(frame)
     assert out_f.dtype == np.float32 and out_f[0, 0, 0, 0] == pytest.approx(1.0)
     assert out_f[0, 0, -1, 0] == pytest.approx(-1.0)
+
+
+# -- image headers -------------------------------------------------------------------------------
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".webp", ".tiff"])
+def test_image_header_sizes_match_the_decoder(ext: str) -> None:
+    import cv2
+
+    from device.imageheader import read_header
+
+    ok, buf = cv2.imencode(ext, np.zeros((37, 53, 3), np.uint8))
+    assert ok
+    data = buf.tobytes()
+    header = read_header(data)
+    assert header is not None and (header.width, header.height) == (53, 37)
+    assert read_header(data[:9]) is None  # cut inside the header
+    assert read_header(b"\x00" + data) is None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("GIF", {}),
+        ("JPEG", {"progressive": True}),
+        ("WEBP", {"lossless": True}),
+        ("WEBP", {"exif": b"Exif\x00\x00MM"}),  # extended (VP8X) WebP
+        ("TIFF", {"compression": "tiff_lzw"}),
+        ("BMP", {}),
+    ],
+)
+def test_image_header_of_other_writers(fmt: str, options: dict) -> None:
+    import io
+
+    from PIL import Image
+
+    from device.imageheader import read_header
+
+    buf = io.BytesIO()
+    Image.new("RGB", (301, 7)).save(buf, format=fmt, **options)
+    header = read_header(buf.getvalue())
+    assert header is not None and (header.width, header.height) == (301, 7)
+
+
+def test_reference_images_headers(test_data) -> None:
+    from device.imageheader import read_header
+
+    sizes = {
+        name: read_header((test_data / "coral" / name).read_bytes())
+        for name in ("parrot.jpg", "cat.bmp", "face.jpg")
+    }
+    assert {k: (v.format, v.width, v.height) for k, v in sizes.items()} == {
+        "parrot.jpg": ("JPEG", 512, 929),
+        "cat.bmp": ("BMP", 512, 341),
+        "face.jpg": ("JPEG", 512, 355),
+    }
+
+
+def test_labels_byte_order_mark_and_duplicate_ids() -> None:
+    from device.errors import ModelError
+
+    assert parse_labels("\ufeff0 background\n1 tench\n") == {0: "background", 1: "tench"}
+    assert parse_labels("\ufeffcat\ndog\n") == {0: "cat", 1: "dog"}
+    with pytest.raises(ModelError, match="id 1 is given twice"):
+        parse_labels("0 a\n1 b\n1 c\n")
+    # an id too long to be one is a label like any other
+    assert parse_labels("1" * 5000 + " x\n") == {0: "1" * 5000 + " x"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -113,14 +115,25 @@ def test_check_reports_formats_sizes_and_colour_modes(tmp_path: Path) -> None:
     Image.new("RGBA", (64, 48), (5, 6, 7, 100)).save(data / "dog" / "alpha.png")
     (data / "dog" / "readme.txt").write_text("not an image")
     (data / "empty").mkdir()
+    # a decompression bomb: a PNG whose header declares 30000 x 30000 (refused before decoding)
+    bomb = data / "cat" / "bomb.png"
+    Image.new("RGB", (64, 48)).save(bomb)
+    header = bytearray(bomb.read_bytes())
+    header[16:24] = struct.pack(">II", 30000, 30000)
+    header[29:33] = struct.pack(">I", zlib.crc32(bytes(header[12:29])))
+    bomb.write_bytes(bytes(header))
     report = run_check(data)
     kinds = {f.kind: f for f in report.findings}
+    assert kinds["unreadable"].paths == ["cat/bomb.png"]
+    assert "too large: 30000 x 30000 pixels (900.0 MP; the limit is 50 MP)" in (
+        kinds["unreadable"].message
+    )
     assert "cat/really_png.jpg" in kinds["wrong_format"].paths
     assert kinds["too_small"].paths == ["dog/tiny.png"]
     assert any("alpha" in f.message for f in report.findings if f.kind == "color_mode")
     assert kinds["ignored_file"].paths == ["dog/readme.txt"]
     assert kinds["empty_class"].severity == "error"
-    assert report.counts["all"] == {"cat": 7, "dog": 8, "empty": 0}
+    assert report.counts["all"] == {"cat": 8, "dog": 8, "empty": 0}
 
 
 @pytest.mark.parametrize("argv", [["check", "{missing}"], ["split", "{missing}"]])
