@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 from pathlib import Path
 
@@ -125,3 +127,76 @@ def test_an_event_left_open_by_a_crash_is_ended_on_the_next_start(tmp_path: Path
     states = [json.loads(e.payload) for e in entries if e.topic == "edgecam/pi/cam0/rule/fox"]
     assert states[-1]["state"] == "OFF"
     assert box.open_events() == []
+
+
+def test_a_corrupted_outbox_is_moved_aside_and_classifying_goes_on(
+    write_config, tmp_path: Path, caplog
+):
+    import sqlite3
+
+    from device.config import load_config
+    from device.runner import Runner
+
+    garbage = b"this is not an SQLite database\n" * 200
+    (tmp_path / "outbox.sqlite3").write_bytes(garbage)
+    path = write_config(
+        None,
+        console={"jsonl_path": str(tmp_path / "results.jsonl")},
+        alerts={"rules": [{"name": "people", "labels": ["unicycle", "crutch", "ski"]}]},
+    )
+    runner = Runner(load_config(path), max_results=20)
+    assert runner.run() == 0
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 20
+    aside = list(tmp_path.glob("outbox.sqlite3.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == garbage
+    assert re.fullmatch(r"outbox\.sqlite3\.corrupt-\d{8}T\d{6}Z", aside[0].name)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("is corrupted" in r.getMessage() and aside[0].name in r.getMessage() for r in errors)
+    assert runner.metrics()["alerts"]["outbox"]["recovered_corrupt"] == 1
+    # the fresh outbox works: it holds the rule's retained state for the broker
+    db = sqlite3.connect(tmp_path / "outbox.sqlite3")
+    topics = [t for (t,) in db.execute("SELECT topic FROM outbox")]
+    assert topics == ["edgecam/test-pi/street/rule/people"]
+
+
+def test_the_forwarder_resends_what_a_stalled_broker_never_acknowledged(
+    broker, subscriber_factory, tmp_path: Path, wait_until
+):
+    """The broker stops answering (SIGSTOP) with messages in flight: after ``stall_s`` without
+    an acknowledgement they are sent again; the broker is then killed and restarted, and every
+    message arrives and leaves the outbox."""
+    from device.alerts.forwarder import Forwarder
+    from device.config import MQTTConfig
+    from device.mqtt import MqttPublisher
+
+    sub = subscriber_factory(broker.port, topic="t/#")
+    cfg = MQTTConfig(port=broker.port, reconnect_min_s=1, reconnect_max_s=1, keepalive=60)
+    pub = MqttPublisher(cfg.model_copy(update={"host": "127.0.0.1"}), "stall-pi", {})
+    box = Outbox(tmp_path / "o.db")
+    fwd = Forwarder(box, pub, inflight=5, stall_s=1.0)
+    pub.start()
+    fwd.start()
+    try:
+        wait_until(pub.connected.is_set, what="connected")
+        # retained: a subscriber that comes back after the broker restart still gets them
+        messages = [Message(f"t/{i}", b"%d" % i, "alert", qos=1, retain=True) for i in range(8)]
+        box.put_many(messages[:3])
+        fwd.wake()
+        wait_until(lambda: box.pending_count() == 0, what="first messages acknowledged")
+
+        broker.proc.send_signal(signal.SIGSTOP)  # connected, but nothing is acknowledged
+        box.put_many(messages[3:])
+        fwd.wake()
+        wait_until(lambda: fwd.resends >= 1, what="a resend after the stall")
+        assert box.pending_count() == 5 and fwd.acked == 3
+        broker.stop(kill=True)
+        broker.start()
+        wait_until(lambda: box.pending_count() == 0, 30, what="outbox emptied after restart")
+        expected = {f"t/{i}" for i in range(8)}
+        wait_until(lambda: expected <= {t for t, _, _ in sub.messages}, what="all delivered")
+    finally:
+        fwd.stop()
+        pub.stop()
+        if broker.proc is not None and broker.proc.poll() is None:
+            broker.proc.send_signal(signal.SIGCONT)
+    assert fwd.stats()["resends"] >= 1 and fwd.acked >= 8
