@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +167,7 @@ class Verification:
         return (self.variant_gate or self.gate) == "failed"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "gate": self.gate,
-            "variant_gate": self.variant_gate,
-            "max_drop": self.max_drop,
-            "reference": self.reference,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -195,24 +190,16 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object written to model.json (None values of optional keys left out)."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "version": self.version,
-            "created_at": self.created_at,
-            "variant": self.variant,
-            "input": self.input.to_json(),
-            "source": self.source or None,
-            "sha256": self.sha256,
-            "size_bytes": self.size_bytes,
-            "num_classes": self.num_classes,
-            "labels": list(self.labels) if self.labels is not None else None,
-            "manifest_version": self.manifest_version,
-            "metrics": self.metrics or None,
-            "verification": self.verification.to_json() if self.verification else None,
-        }
-        out = {k: v for k, v in out.items() if v is not None}
-        return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
+        """The JSON object written to model.json (None and empty optional keys left out)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(
+            input=self.input.to_json(),
+            labels=list(self.labels) if self.labels is not None else None,
+            verification=self.verification.to_json() if self.verification else None,
+        )
+        extra = out.pop("extra")
+        out = {k: v for k, v in out.items() if v not in (None, {})}
+        return {**out, **{k: v for k, v in extra.items() if k not in out}}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> Manifest:

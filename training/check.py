@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from training.dataset import DatasetScan, ImageEntry, scan_dataset
 from training.duplicates import exact_groups, near_groups
 from training.fileinfo import FileInfo, color_oddity, format_mismatch, inspect_file
+from training.parallel import map_images
 from training.quarantine import Moved, quarantine_file
 from training.splits import default_manifest_path, read_manifest
 
@@ -144,18 +143,7 @@ def run_check(data_dir: Path, options: CheckOptions | None = None) -> CheckRepor
 
 
 def _inspect_all(scan: DatasetScan, workers: int) -> list[FileInfo]:
-    paths = [scan.path(e) for e in scan.entries]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(
-            tqdm(
-                pool.map(inspect_file, paths),
-                total=len(paths),
-                desc="checking",
-                unit="img",
-                disable=None if len(paths) > 500 else True,
-                leave=False,
-            )
-        )
+    return map_images(inspect_file, [scan.path(e) for e in scan.entries], "checking", workers)
 
 
 def _counts(scan: DatasetScan, splits: dict[str, str]) -> dict[str, dict[str, int]]:

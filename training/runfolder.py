@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,16 +104,14 @@ class RunRecord:
         return self.input.height, self.input.width
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "created_at": self.created_at,
-            "data_dir": self.data_dir,
-            "dataset_hash": self.dataset_hash,
-            "split_manifest": str(self.split_manifest) if self.split_manifest else None,
-            "labels": list(self.labels),
-            "input": self.input.to_json(),
-            **self.extra,
-        }
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(
+            split_manifest=str(self.split_manifest) if self.split_manifest else None,
+            labels=list(self.labels),
+            input=self.input.to_json(),
+        )
+        extra = out.pop("extra")
+        return {**out, **extra}
 
     @classmethod
     def from_json(cls, data: Any, where: str, default_name: str) -> RunRecord:
@@ -127,7 +125,7 @@ class RunRecord:
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise RunError(f"{where}: {key} must be a string, got {data[key]!r:.60}")
         try:
-            spec = InputSpec.from_json(data.get("input"), where)
+            spec = InputSpec.from_json(data.get("input", {}), where)
         except ModelError as exc:
             raise RunError(exc.message, exc.hint) from None
         known = {"name", "labels", "input", "split_manifest", *strings}

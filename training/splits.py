@@ -22,16 +22,14 @@ import json
 import logging
 import os
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tqdm import tqdm
-
 from training.dataset import SPLITS, DatasetScan
 from training.errors import DatasetError
 from training.hashing import dataset_hash, keyed_order, sha256_file
+from training.parallel import map_images
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +148,7 @@ def load_split(manifest_path: str | Path) -> dict[str, list[tuple[Path, int]]]:
 
 def hash_images(scan: DatasetScan, workers: int = 8) -> dict[str, str]:
     """relative path -> content sha256 for every image in the scan (threaded, progress bar)."""
-    paths = [scan.path(e) for e in scan.entries]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = list(
-            tqdm(
-                pool.map(sha256_file, paths),
-                total=len(paths),
-                desc="hashing",
-                unit="img",
-                disable=None if len(paths) > 500 else True,
-                leave=False,
-            )
-        )
+    digests = map_images(sha256_file, [scan.path(e) for e in scan.entries], "hashing", workers)
     return {e.relpath: d for e, d in zip(scan.entries, digests, strict=True)}
 
 
