@@ -271,7 +271,7 @@ def read_manifest(path: str | Path) -> Manifest:
         ModelError,
     )
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ModelError(
             f"manifest {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
@@ -305,6 +305,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 _FIX = (
     "write the bundle again with `make convert` (or fix model.json by hand, see docs/conversion.md)"
 )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key {repeated[0]!r} is given twice in one object")
+    return dict(pairs)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -167,6 +167,7 @@ def _bundle(tmp_path: Path, test_data: Path, manifest_text: str | bytes | None) 
         ('{"input": {"mean": [1, 2]}}', "input.mean must be 1 or 3 numbers (R, G, B), got 2"),
         ('{"input": {"std": 0}}', "std must not be 0"),
         ('{"input": {"mean": NaN}}', "NaN is not a number JSON allows"),
+        ('{"name": "a", "name": "b"}', "model.json: key 'name' is given twice in one object"),
         ('{"input": {"std": [1e999]}}', "input.std must be finite numbers"),
         ('{"input": {"resize": "cubic"}}', "input.resize must be one of bilinear, area, nearest"),
         ('{"input": {"crop": "middle"}}', "input.crop must be one of none, center"),
