@@ -156,3 +156,14 @@ def test_alerts_config_errors_name_the_problem():
     with pytest.raises(ConfigError, match=r"line 5: alerts\.rules\.0\.start_scor: unknown key"):
         parse_config(text, "device.yaml")
     assert parse_config("", "x").alerts.rules == []
+
+
+@pytest.mark.parametrize("name", [".", "..", "../fox", "fox/den", "fox+", "fox#", "red fox", ""])
+def test_rule_names_that_cannot_be_topic_levels_or_file_names_are_refused(name):
+    text = f"alerts:\n  rules:\n    - name: {name!r}\n      labels: [red fox]\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "device.yaml")
+    message = str(err.value)
+    assert "alerts.rules.0.name" in message and "line 3" in message, message
+    assert "is not allowed: use letters, digits, '_', '.' and '-'" in message, message
+    assert parse_config(text.replace(repr(name), "fox.den-2_b"), "x").alerts.rules[0].name
