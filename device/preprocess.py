@@ -83,7 +83,10 @@ def check_image(data: bytes, where: str, max_pixels: int | None = None) -> Image
             f"downscale it, or raise the limit with {MAX_IMAGE_PIXELS_ENV}=<pixels>",
         )
     if header.pixels == 0:
-        raise SourceError(f"{where} declares an empty image ({header.width} x {header.height})")
+        raise SourceError(
+            f"{where} declares an empty image ({header.width} x {header.height})",
+            "re-save it as a JPEG or PNG",
+        )
     return header
 
 
