@@ -213,11 +213,14 @@ class Outbox:
         drop(old, f"older than {self.max_age_s / 3600:g} h")
         count, size = self._totals(db)
         if count > self.max_messages:
-            rows = db.execute(
-                "SELECT id, kind FROM outbox ORDER BY id LIMIT ?", (count - self.max_messages,)
-            ).fetchall()
-            drop(rows, f"more than {self.max_messages} messages")
-        count, size = self._totals(db)
+            excess_rows = count - self.max_messages
+            drop(
+                db.execute(
+                    "SELECT id, kind FROM outbox ORDER BY id LIMIT ?", (excess_rows,)
+                ).fetchall(),
+                f"more than {self.max_messages} messages",
+            )
+            size = self._totals(db)[1]
         if size > self.max_bytes:
             rows, excess = [], size - self.max_bytes
             for row_id, kind, row_size in db.execute(
