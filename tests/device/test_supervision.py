@@ -125,6 +125,30 @@ def test_interpreter_failure_restarts_the_camera(tmp_path, write_config, failing
     assert any("restarting in" in r.getMessage() for r in caplog.records)
 
 
+def test_capture_failure_restarts_the_camera_with_the_same_interpreter(
+    tmp_path, write_config, monkeypatch
+):
+    from device.preprocess import Preprocessor
+
+    real = Preprocessor.process
+    calls = {"n": 0}
+
+    def process(self, frame, out):
+        calls["n"] += 1
+        if calls["n"] == 4:  # once, in the capture thread (where preprocessing runs)
+            raise MemoryError("cannot allocate the resize buffer")
+        return real(self, frame, out)
+
+    monkeypatch.setattr(Preprocessor, "process", process)
+    runner = fast_supervision(Runner(load_config(write_config()), max_results=10))
+    classifier = runner.pipelines[0].classifier
+    assert runner.run() == 0
+    metrics = runner.metrics()["cameras"]["street"]
+    assert metrics["restarts"] == 1 and metrics["results"] == 10
+    assert metrics["last_error"] == "capture: MemoryError: cannot allocate the resize buffer"
+    assert runner.pipelines[0].classifier is classifier  # the interpreter was fine: kept
+
+
 def test_camera_that_keeps_failing_is_given_up_and_run_returns_1(
     write_config, failing_invoke, caplog
 ):
