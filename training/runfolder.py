@@ -1,4 +1,6 @@
-"""The run folder contract (read by ``evaluate`` and by the conversion component).
+"""The run folder contract: the file names and the typed ``run.json`` (``RunRecord``), written
+by ``train`` and read by ``evaluate`` and by ``conversion.source`` through this module only.
+The ``input`` object is the model bundle's (``device.manifest.InputSpec``).
 
 ``runs/<name>/``::
 
