@@ -45,7 +45,7 @@ def read_bytes(
     if info.st_size > max_bytes:
         raise error(
             f"{what} {path} is too large ({info.st_size:,} bytes; at most {max_bytes:,})",
-            f"check that this is the right file: a {what} is much smaller",
+            f"check that this is the right file ({what}s are much smaller)",
         )
     try:
         with path.open("rb") as f:
