@@ -18,15 +18,14 @@ from pathlib import Path
 
 from conversion.pipeline import (
     EXIT_EDGETPU_MISSING,
-    EXIT_ERROR,
     VARIANTS,
     ConversionResult,
     ConvertOptions,
 )
 from device import __version__
-from device.errors import EdgecamError
+from device.cliapp import CliApp
 
-log = logging.getLogger("edgecam")
+log = logging.getLogger(__name__)
 
 
 def _variants(values: Sequence[str]) -> list[str]:
@@ -111,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="interpreter threads for verification (default: up to 4)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
@@ -134,12 +132,9 @@ def _source(args: argparse.Namespace):
             "usage: edgecam-convert runs/<name>  or  edgecam-convert --model PATH --labels FILE "
             "--data DIR",
         )
-    try:
-        spec = make_input_spec(
-            source.input, mean=args.mean, std=args.std, resize=args.resize, crop=args.crop
-        )
-    except EdgecamError as exc:
-        raise ConversionError(exc.message, exc.hint) from None
+    spec = make_input_spec(
+        source.input, mean=args.mean, std=args.std, resize=args.resize, crop=args.crop
+    )
     return source.with_input(spec)
 
 
@@ -197,14 +192,8 @@ def _print_result(result: ConversionResult, args: argparse.Namespace) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TF's converter chatter
+def convert(args: argparse.Namespace) -> int:
+    """The one command: convert, verify, print the table; the exit status is the gate's."""
     from conversion.pipeline import run_conversion
 
     if args.run is None and args.model is None and args.variants:
@@ -212,34 +201,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         last = Path(args.variants[-1])
         if last.exists():
             args.run, args.variants = last, args.variants[:-1] or None
-    try:
-        source = _source(args)
-        options = ConvertOptions(
-            variants=_variants(args.variants) if args.variants else None,
-            out_dir=args.out,
-            data_dir=args.data,
-            calibration_data=args.calibration_data,
-            calibration_size=args.calibration_size,
-            max_test_images=args.max_test_images,
-            max_drop=args.max_drop,
-            threads=args.threads,
-            seed=args.seed,
-            input_size=tuple(args.input_size) if args.input_size else None,
-        )
-        result = run_conversion(source, options)
-    except EdgecamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:  # e.g. the output folder is not writable
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+    source = _source(args)
+    options = ConvertOptions(
+        variants=_variants(args.variants) if args.variants else None,
+        out_dir=args.out,
+        data_dir=args.data,
+        calibration_data=args.calibration_data,
+        calibration_size=args.calibration_size,
+        max_test_images=args.max_test_images,
+        max_drop=args.max_drop,
+        threads=args.threads,
+        seed=args.seed,
+        input_size=tuple(args.input_size) if args.input_size else None,
+    )
+    result = run_conversion(source, options)
     _print_result(result, args)
     code = result.exit_code
     if code == EXIT_EDGETPU_MISSING:
         print("exit 3: edgetpu was asked for but could not be built here", file=sys.stderr)
     return code
+
+
+APP = CliApp(build_parser, convert, quiet_loggers=("absl",))  # absl: TF's converter chatter
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return APP.main(argv)
 
 
 if __name__ == "__main__":

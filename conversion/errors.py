@@ -1,4 +1,9 @@
-"""Errors the conversion reports to users: what is wrong and how to fix it."""
+"""Errors the conversion reports to users: what is wrong and how to fix it.
+
+They derive from :class:`device.errors.EdgecamError` (a message and an optional hint), like
+the device's and training's errors, so the CLI scaffold (:mod:`device.cliapp`) prints them as
+``error: ...`` / ``  fix: ...`` and exits with status 2, without a traceback.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """``edgecam-train``: check, split, train and evaluate image classifiers.
 
 Errors caused by data, files or options print one line on stderr and exit with status 2;
-``check`` exits with 1 when it leaves errors in the data.
+``check`` exits with 1 when it leaves errors in the data; an interrupted ``train`` exits with
+130 and names the command that resumes it. Logging, error output and exit statuses come from
+the shared scaffold, :mod:`device.cliapp`.
 """
 
 from __future__ import annotations
@@ -13,18 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.errors import TrainingError, TrainingInterrupted
+from device.cliapp import EXIT_FAILURE, EXIT_OK, CliApp
+from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 PROG = "edgecam-train"
-EXIT_PROBLEMS = 1
-EXIT_ERROR = 2
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.993,
         help="min thumbnail correlation of near-duplicates (0..1)",
     )
-    _add_common(p)
 
     p = sub.add_parser("split", help="write a stable, stratified train/val/test split manifest")
     p.add_argument("data", type=Path, help="data folder")
@@ -61,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1234)
-    _add_common(p)
 
     p = sub.add_parser("train", help="train a classifier into runs/<name>/")
     p.add_argument("data", type=Path, help="data folder")
@@ -98,36 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", choices=["none", "horizontal", "vertical", "horizontal_and_vertical"])
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     p.add_argument("--baselines", action="store_true", default=None, help="add k-NN/SVM baselines")
-    _add_common(p)
 
     p = sub.add_parser("evaluate", help="evaluate a run on its test split (report.json + figures)")
     p.add_argument("run", type=Path, help="run folder (runs/<name>)")
     p.add_argument("--baselines", action="store_true", help="add k-NN / linear SVM baselines")
     p.add_argument("--top-k", type=int, default=5)
-    _add_common(p)
     return parser
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (main() may run several times)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    root = logging.getLogger()
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -148,11 +118,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         qdir = (args.quarantine or default_quarantine_dir(report.data_dir)).resolve()
         moved = apply_fix(report, qdir)
         print(f"\nmoved {len(moved)} file(s) to {qdir} (a .reason.txt beside each)")
-        return 0
+        return EXIT_OK
     if report.errors:
         print(f"\n{len(report.errors)} error(s): fix them, or run with --fix to quarantine")
-        return EXIT_PROBLEMS
-    return 0
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _print_check(report: Any) -> None:
@@ -262,23 +232,11 @@ def _print_report(report: dict[str, Any]) -> None:
 COMMANDS = {"check": cmd_check, "split": cmd_split, "train": cmd_train, "evaluate": cmd_evaluate}
 
 
+APP = CliApp(build_parser, COMMANDS, error_prefix=f"{PROG}: ")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args)
-    try:
-        return COMMANDS[args.command](args)
-    except TrainingInterrupted as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 130
-    except TrainingError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:  # disk full, permission denied, ...: the OS message says it all
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return APP.main(argv)
 
 
 if __name__ == "__main__":
