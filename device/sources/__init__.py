@@ -30,6 +30,9 @@ __all__ = [
 SAMPLE_CLIP = Path("models/vtest.avi")
 
 
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+
+
 def _is_url(spec: str) -> bool:
     return "://" in spec
 
@@ -59,6 +62,12 @@ def check_source(spec: str) -> str:
     if spec.isdigit():
         return "camera"
     if _is_url(spec):
+        scheme = spec.split("://", 1)[0].lower()
+        if scheme not in STREAM_SCHEMES:
+            raise SourceError(
+                f"unsupported stream URL scheme {scheme!r} in {describe_source(spec)}",
+                f"use one of {', '.join(s + '://' for s in STREAM_SCHEMES)}",
+            )
         return "stream"
     path = Path(spec)
     if path.is_dir():
@@ -89,8 +98,9 @@ def open_source(
     if kind == "auto":
         return _auto_source(width, height, fps)
     if kind == "picamera2":
-        from device.sources.picamera import Picamera2Source
+        from device.sources.picamera import Picamera2Source, picamera2_cameras
 
+        picamera2_cameras()  # picamera2 missing is a setup error to fix, not a camera to wait for
         index = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return Picamera2Source(index, width=width, height=height, fps=fps)
     if kind == "camera":

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-import cv2
+# FFmpeg's own error lines (one per attempt to reach a stream that is down) repeat what our one
+# log line per outage says; set OPENCV_FFMPEG_LOGLEVEL=16 (or 48) to see them when debugging.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+import cv2  # reads OPENCV_FFMPEG_LOGLEVEL when it first opens a stream
 import numpy as np
 
 from device.errors import SourceError
 from device.sources.base import FrameSource
 
 log = logging.getLogger(__name__)
+
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    # OpenCV warns on every failed attempt to open a camera; our one line per outage says it
+    # (set OPENCV_LOG_LEVEL=WARNING to see them again)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 class OpenCVSource(FrameSource):
