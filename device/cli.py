@@ -346,19 +346,10 @@ COMMANDS = {"classify": cmd_classify, "run": cmd_run, "validate": cmd_validate, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        return COMMANDS[args.command](args)
-    except EdgecamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    """Logging (-v/-q), ``error:``/``fix:`` output and exit statuses: see device.cliapp."""
+    from device.cliapp import CliApp
+
+    return CliApp(build_parser, COMMANDS).main(argv)
 
 
 if __name__ == "__main__":
