@@ -23,7 +23,7 @@ from conversion.pipeline import (
     ConvertOptions,
 )
 from device import __version__
-from device.cliapp import CliApp
+from device.cliapp import ArgumentParser, CliApp, numbers
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _variants(values: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="edgecam-convert",
         description=(
             "Convert a trained run (or any Keras model / SavedModel) into TFLite model bundles "
@@ -98,10 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=["bilinear", "area", "nearest"], help="resize filter")
     p.add_argument("--crop", choices=["none", "center"], help="centre-crop to the input aspect")
     p.add_argument(
-        "--mean", type=float, nargs="+", metavar="M", help="input normalisation mean (--model)"
+        "--mean",
+        type=numbers,
+        metavar="M[,M,M]",
+        help="input normalisation mean (--model): one number, or R,G,B",
     )
     p.add_argument(
-        "--std", type=float, nargs="+", metavar="S", help="input normalisation std (--model)"
+        "--std",
+        type=numbers,
+        metavar="S[,S,S]",
+        help="input normalisation std (--model): one number, or R,G,B",
     )
     p.add_argument(
         "--threads",

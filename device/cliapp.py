@@ -57,6 +57,59 @@ REPORT_HINT = "run with -v for the traceback, and please report it"
 
 Command = Callable[[argparse.Namespace], int]
 
+VECTOR_OPTIONS = ("--mean", "--std")
+"""Options that take one number or three (R, G, B)."""
+
+
+def numbers(text: str) -> list[float]:
+    """argparse type: ``127.5`` or ``127.5,127.5,127.5`` -> a list of 1 or 3 numbers."""
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number or a comma-separated list of numbers (e.g. 127.5,127.5,127.5)"
+        ) from None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"give 1 or 3 numbers (R,G,B), not {len(values)}")
+    return values
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def join_vector_values(argv: Sequence[str], options: Sequence[str] = VECTOR_OPTIONS) -> list[str]:
+    """``--mean 1 2 3`` -> ``--mean 1,2,3``: the three-value form, without letting the option
+    swallow what follows (``--std 127.5 cat.bmp`` keeps cat.bmp a positional argument)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        out.append(token)
+        i += 1
+        if token in options and i < len(argv):
+            values = [argv[i]]
+            i += 1
+            while len(values) < 3 and i < len(argv) and _is_number(argv[i]):
+                values.append(argv[i])
+                i += 1
+            out.append(",".join(values))
+    return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse where :data:`VECTOR_OPTIONS` (``type=numbers``) take 1 or 3 numbers, spaced or
+    comma-separated, and never a positional argument after them (subparsers inherit it)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if args is None:
+            args = sys.argv[1:]
+        return super().parse_known_args(join_vector_values(list(args)), namespace)
+
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record is emitted.

@@ -308,3 +308,27 @@ def test_training_and_conversion_errors_share_the_base() -> None:
     exc = DatasetError("data folder not found: x")
     assert exc.message == "data folder not found: x" and exc.hint is None
     assert TrainingInterrupted("stopped").exit_code == EXIT_INTERRUPTED
+
+
+@pytest.mark.parametrize(
+    ("argv", "mean", "std"),
+    [
+        (["--mean", "127.5", "runs/x"], [127.5], None),
+        (["--mean", "1", "2", "3", "--std", "127.5", "runs/x"], [1.0, 2.0, 3.0], [127.5]),
+        (["--std", "0.5,1,2", "runs/x"], None, [0.5, 1.0, 2.0]),
+    ],
+)
+def test_convert_mean_std_do_not_swallow_the_run_folder(argv, mean, std) -> None:
+    from conversion.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.run == Path("runs/x") and args.mean == mean and args.std == std
+
+
+def test_convert_mean_takes_one_or_three_numbers(capsys) -> None:
+    from conversion.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--mean", "1,2", "runs/x"])
+    assert exc.value.code == 2
+    assert "give 1 or 3 numbers (R,G,B), not 2" in capsys.readouterr().err
