@@ -143,6 +143,7 @@ class CaptureThread(threading.Thread):
         self.crash: BaseException | None = None
         self.finished = threading.Event()
         self._on_state = on_state or (lambda state: None)
+        self._outage: _Outage | None = None
 
     @property
     def dropped(self) -> int:
@@ -166,7 +167,8 @@ class CaptureThread(threading.Thread):
     def _run(self) -> None:
         if not self.source.is_open and not self._reconnect(None):
             return
-        self._on_state("running")
+        if self._outage is None:
+            self._on_state("running")
         fps = self.source.fps
         interval = 1.0 / fps if (self.realtime and not self.source.live and fps) else 0.0
         next_due = time.monotonic()
@@ -198,6 +200,8 @@ class CaptureThread(threading.Thread):
                 )
                 return
             since_rewind += 1
+            if self._outage is not None:
+                self._recovered()
             now_mono, now_wall = time.monotonic(), time.time()
             frame = Frame(pixels, now_mono, now_wall, self.first_index + self.frames)
             self.frames += 1
@@ -247,45 +251,78 @@ class CaptureThread(threading.Thread):
         """(Re)open the source with exponential backoff; False when stopped first.
 
         ``cause`` None: the source never opened (start) or a live source stopped delivering.
+        The outage lasts until a frame comes (``_recovered``), not just until the source opens
+        again: a folder of unreadable images that opens but delivers nothing keeps backing off,
+        and the log says once that it is lost and once that it is back.
         """
         what = self.source.describe()
-        first_open = not self.source.is_open and cause is None and self.frames == 0
-        self._on_state("reconnecting")
-        if not first_open:
-            why = cause.message if cause is not None else f"{what} stopped delivering frames"
-            log.warning("%s: %s; reconnecting", self.name, why)
-        delay = 0.5 if not first_open else 0.0
-        attempts = 0
-        reminded = time.monotonic()
+        outage = self._outage
+        if outage is None:
+            first_open = not self.source.is_open and cause is None and self.frames == 0
+            outage = self._outage = _Outage(first_open, self.reconnect_max_s)
+            self._on_state("reconnecting")
+            if not first_open:
+                why = cause.message if cause is not None else f"{what} stopped delivering frames"
+                log.warning("%s: %s; reconnecting", self.name, why)
+        elif cause is not None:
+            log.debug("%s: still lost: %s", self.name, cause.message)
         while not self.stop_event.is_set():
             self.source.close()
+            delay = outage.next_delay()
             if delay and self.stop_event.wait(delay):
                 return False
-            attempts += 1
+            outage.attempts += 1
             try:
                 self.source.open()
             except SourceError as exc:
-                now = time.monotonic()
-                if attempts == 1 and first_open:
+                if outage.attempts == 1 and outage.first_open:
                     log.warning("%s: %s; retrying with backoff", self.name, exc.message)
-                elif now - reminded >= OUTAGE_REMINDER_S:
-                    reminded = now
+                elif outage.remind():
                     log.warning(
-                        "%s: %s still cannot be opened after %d attempts: %s",
+                        "%s: %s still lost after %d attempts: %s",
                         self.name,
                         what,
-                        attempts,
+                        outage.attempts,
                         exc.message,
                     )
                 else:
                     log.debug("%s: reopen failed: %s", self.name, exc.message)
-                delay = min(max(delay * 2, 0.5), self.reconnect_max_s)
                 continue
-            if not first_open:
-                self.reconnects += 1
-                log.info("%s: %s reconnected", self.name, what)
-            elif attempts > 1:
-                log.info("%s: %s opened after %d attempts", self.name, what, attempts)
-            self._on_state("running")
             return True
         return False
+
+    def _recovered(self) -> None:
+        """A frame came after an outage: it is over."""
+        outage, self._outage = self._outage, None
+        assert outage is not None
+        what = self.source.describe()
+        if not outage.first_open:
+            self.reconnects += 1
+            log.info("%s: %s reconnected", self.name, what)
+        elif outage.attempts > 1:
+            log.info("%s: %s opened after %d attempts", self.name, what, outage.attempts)
+        self._on_state("running")
+
+
+class _Outage:
+    """Backoff and log pacing of one period in which a source is lost (or not yet open)."""
+
+    def __init__(self, first_open: bool, max_s: float):
+        self.first_open = first_open
+        self.attempts = 0
+        self._delay = 0.0 if first_open else 0.5
+        self._max_s = max_s
+        self._reminded = time.monotonic()
+
+    def next_delay(self) -> float:
+        delay = self._delay
+        self._delay = min(max(self._delay * 2, 0.5), self._max_s)
+        return delay
+
+    def remind(self) -> bool:
+        """True at most once every OUTAGE_REMINDER_S."""
+        now = time.monotonic()
+        if now - self._reminded < OUTAGE_REMINDER_S:
+            return False
+        self._reminded = now
+        return True

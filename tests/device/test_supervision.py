@@ -363,6 +363,27 @@ def test_disappearing_folder_is_retried_with_backoff_not_spun_on(
     assert last["top"][0]["label"] == "macaw"  # the new folder's image
 
 
+def test_folder_of_unreadable_images_backs_off_instead_of_spinning(
+    tmp_path, write_config, wait_until
+):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_text("not an image")
+    config = write_config(cameras=[{"name": "junk", "source": str(folder), "loop": True}])
+    log = tmp_path / "run.log"
+    proc = start(config, log, "-v")
+    try:
+        wait_until(lambda: len(lines_about(log, "still lost")) >= 3, 60, what="3 retries")
+    finally:
+        rc = stop(proc)
+    text = log.read_text()
+    assert rc == 0, text
+    assert len(lines_about(log, "skipping")) == 2, text  # one warning per file, not per pass
+    told = [x for x in lines_about(log, "capture-junk") if " DEBUG " not in x]
+    assert len(told) == 1 and "delivered no frame in a whole pass" in told[0], text
+
+
 # -- a results file that cannot be written --------------------------------------------------------
 def test_results_file_on_a_full_disk_is_logged_once_and_classifying_goes_on(tmp_path, write_config):
     if not os.path.exists("/dev/full"):
