@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device import __version__
+from device.cliapp import ArgumentParser, numbers
 from device.errors import EdgecamError
 
 if TYPE_CHECKING:
@@ -18,68 +19,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgecam")
 
-_VECTOR_OPTIONS = ("--mean", "--std")
-
-
-def _floats(text: str) -> list[float]:
-    """``127.5`` or ``127.5,127.5,127.5`` -> a list of 1 or 3 numbers (argparse type)."""
-    try:
-        values = [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number or a comma-separated list of numbers (e.g. 127.5,127.5,127.5)"
-        ) from None
-    if len(values) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"give 1 or 3 numbers (R,G,B), not {len(values)}")
-    return values
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def join_vector_values(argv: Sequence[str]) -> list[str]:
-    """``--mean 1 2 3`` -> ``--mean 1,2,3``: the documented three-value form, without letting
-    the option swallow what follows (``--std 127.5 cat.bmp`` keeps cat.bmp an image)."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        out.append(token)
-        i += 1
-        if token in _VECTOR_OPTIONS and i < len(argv):
-            values = [argv[i]]
-            i += 1
-            while len(values) < 3 and i < len(argv) and _is_number(argv[i]):
-                values.append(argv[i])
-                i += 1
-            out.append(",".join(values))
-    return out
-
-
-class _Parser(argparse.ArgumentParser):
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if args is None:
-            args = sys.argv[1:]
-        return super().parse_known_args(join_vector_values(list(args)), namespace)
-
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--model", required=required, help="a .tflite file or a model bundle folder")
     p.add_argument("--labels", help="labels file (one per line, or '<id> <label>' lines)")
     p.add_argument(
         "--mean",
-        type=_floats,
+        type=numbers,
         metavar="M[,M,M]",
         help="normalisation mean: one number, or R,G,B (default: the model's own)",
     )
     p.add_argument(
         "--std",
-        type=_floats,
+        type=numbers,
         metavar="S[,S,S]",
         help="normalisation std: one number, or R,G,B (default: the model's own)",
     )
@@ -107,7 +59,7 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="edgecam-device",
         description="edgecam device runtime: classify camera frames with TFLite, publish over MQTT.",
     )
@@ -299,7 +251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from device.runner import Runner, preflight
 
     config = _run_config(args)
-    logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.log_level)
+    if not (args.verbose or getattr(args, "quiet", False)):  # -v / -q win over log_level
+        logging.getLogger().setLevel(config.log_level)
     checked = preflight(config)
     return Runner(config, args.frames, args.config, checked).run()
 
