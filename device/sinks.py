@@ -44,7 +44,7 @@ class Result:
         return self.top[0].label if self.top else None
 
     def payload(self) -> dict[str, Any]:
-        """The ``classification`` payload (DESIGN.md, MQTT): stable keys."""
+        """The ``classification`` payload (docs/architecture.md, MQTT topics): stable keys."""
         return {
             "ts": utc_iso(self.frame.ts_wall),
             "frame": self.frame.index,
