@@ -24,6 +24,7 @@ from conversion.pipeline import (
 )
 from device import __version__
 from device.cliapp import ArgumentParser, CliApp, numbers
+from device.manifest import CROP_MODES, RESIZE_FILTERS
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="input size when the model does not fix it",
     )
-    p.add_argument("--resize", choices=["bilinear", "area", "nearest"], help="resize filter")
-    p.add_argument("--crop", choices=["none", "center"], help="centre-crop to the input aspect")
+    p.add_argument("--resize", choices=RESIZE_FILTERS, help="resize filter")
+    p.add_argument("--crop", choices=CROP_MODES, help="centre-crop to the input aspect")
     p.add_argument(
         "--mean",
         type=numbers,
