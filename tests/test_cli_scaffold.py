@@ -332,3 +332,17 @@ def test_convert_mean_takes_one_or_three_numbers(capsys) -> None:
         build_parser().parse_args(["--mean", "1,2", "runs/x"])
     assert exc.value.code == 2
     assert "give 1 or 3 numbers (R,G,B), not 2" in capsys.readouterr().err
+
+
+def test_journal_stream_detection(tmp_path: Path, monkeypatch) -> None:
+    from device.cliapp import stderr_is_journal
+
+    with (tmp_path / "stderr").open("w") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setattr(sys, "stderr", stream)
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert stderr_is_journal()  # systemd names this very stream: no time stamps of ours
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
+        assert not stderr_is_journal()  # inherited from a service, but stderr went elsewhere
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert not stderr_is_journal()
