@@ -33,6 +33,7 @@ from device.errors import ConfigError
 from device.files import read_text
 from device.manifest import CROP_MODES, RESIZE_FILTERS
 from device.names import CameraName, DeviceId
+from device.supervision import SupervisionConfig
 from device.yamlfile import load_yaml
 
 MAX_CONFIG_BYTES = 1 << 20  # a device config is a few KB
@@ -256,6 +257,11 @@ class DeviceConfig(Section):
         default_factory=CommandsConfig,
         description="Commands on <prefix>/<device>/cmd/<command>: which are enabled, the "
         "longest pause (docs/alerts.md).",
+    )
+    supervision: SupervisionConfig = Field(
+        default_factory=SupervisionConfig,
+        description="Camera restarts after unexpected errors; a camera that keeps failing ends "
+        "the device with exit status 1 (docs/operations.md).",
     )
 
     @model_validator(mode="after")

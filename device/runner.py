@@ -29,7 +29,6 @@ from device.pipeline import CameraPipeline
 from device.preprocess import limit_opencv_threads
 from device.sinks import ConsoleSink, MqttClassificationSink, SinkSet
 from device.sources import check_source
-from device.supervision import SupervisionConfig
 
 if TYPE_CHECKING:
     from device.alerts.service import AlertService
@@ -45,11 +44,6 @@ def build_classifier(
     model: ModelConfig, inference: InferenceConfig, roi: Sequence[float] | None
 ) -> Classifier:
     return Classifier.from_config(model, inference, roi)
-
-
-def supervision_config(config: DeviceConfig) -> SupervisionConfig:
-    """The ``supervision:`` section (its defaults where the config has none)."""
-    return getattr(config, "supervision", None) or SupervisionConfig()
 
 
 @dataclass
@@ -74,10 +68,7 @@ def preflight(config: DeviceConfig) -> Preflight:
         build_classifier(config.model, config.inference, cam.roi) for cam in config.cameras
     ]
     if config.alerts.enabled:
-        try:
-            from device.alerts import check_rules  # type: ignore[attr-defined]
-        except ImportError:  # the older home of the same function
-            from device.alerts.service import check_rules
+        from device.alerts import check_rules
 
         check_rules(config.alerts, [c.name for c in config.cameras], classifiers[0].bundle.labels)
     return Preflight(classifiers, kinds)
@@ -126,7 +117,7 @@ class Runner:
         if config.alerts.enabled:
             self.alerts = self._build_alerts(first, config_path)
             self.sinks.add(self.alerts)
-        supervision = supervision_config(config)
+        supervision = config.supervision
         try:
             for cam, classifier in zip(config.cameras, classifiers, strict=True):
                 self.pipelines.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,14 +72,35 @@ def test_password_from_environment_is_secret(monkeypatch: pytest.MonkeyPatch) ->
     assert "hunter2" not in repr(config) and "hunter2" not in str(config.model_dump())
 
 
-def test_validate_cli(tmp_path: Path) -> None:
+def test_validate_cli(tmp_path: Path, test_data: Path) -> None:
+    # the example config names models/...: run where `make models` would have put them
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("mobilenet_v2_1.0_224_quant.tflite", "imagenet_labels.txt"):
+        (models / name).symlink_to(test_data / "coral" / name)
+    (models / "vtest.avi").symlink_to(test_data / "opencv" / "vtest.avi")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    example = str(REPO / "config" / "device.example.yaml")
     ok = subprocess.run(
-        [*CLI, "validate", "--config", str(REPO / "config" / "device.example.yaml")],
+        [*CLI, "validate", "--config", example],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=tmp_path,
+        env=env,
     )
-    assert ok.returncode == 0 and "valid" in ok.stdout
+    assert ok.returncode == 0 and "valid" in ok.stdout, ok.stderr
+    # without the model, validate says what run would say
+    (models / "mobilenet_v2_1.0_224_quant.tflite").unlink()
+    gone = subprocess.run(
+        [*CLI, "validate", "--config", example],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert gone.returncode == 2 and "model file not found" in gone.stderr, gone.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("inference:\n  thread: 4\n")
     proc = subprocess.run(

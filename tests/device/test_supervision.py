@@ -169,8 +169,6 @@ def test_camera_that_keeps_failing_is_given_up_and_run_returns_1(
 INJECT = """
 import sys, threading
 from device.inference import InferenceBackend
-import device.runner
-from device.supervision import SupervisionConfig
 
 real = InferenceBackend.invoke
 calls = {"n": 0}
@@ -183,9 +181,6 @@ def invoke(self):
     return real(self)
 
 InferenceBackend.invoke = invoke
-device.runner.supervision_config = lambda config: SupervisionConfig(
-    max_restarts=3, restart_min_s=0.5, restart_max_s=1.0
-)
 from device.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -204,6 +199,7 @@ def test_two_cameras_one_failing_healthy_keeps_publishing_then_exit_1(
         ],
         mqtt={"classification_interval": 0.01},
         metrics={"interval": 0.5},
+        supervision={"max_restarts": 3, "restart_min_s": 0.5, "restart_max_s": 1.0},
     )
     script = tmp_path / "inject.py"
     script.write_text(INJECT)
