@@ -31,8 +31,9 @@ from device.alerts.config import AlertsConfig
 from device.commands import CommandsConfig
 from device.errors import ConfigError
 from device.files import read_text
+from device.geometry import Roi
 from device.manifest import CROP_MODES, RESIZE_FILTERS
-from device.names import CameraName, DeviceId
+from device.names import CameraName, DeviceId, check_unique
 from device.supervision import SupervisionConfig
 from device.yamlfile import load_yaml
 
@@ -133,34 +134,13 @@ class CameraConfig(Section):
         description="Pace files at their frame rate and drop frames like a live camera; "
         "null: live sources real time, files as fast as inference allows (no drops).",
     )
-    roi: list[float] | None = Field(
+    roi: Roi = Field(
         None,
         description="Region of interest [x, y, w, h] as fractions of the frame; null: whole frame.",
     )
     reconnect_max_s: float = Field(
         30.0, gt=0, description="Longest wait between reconnects to a lost camera."
     )
-
-    @field_validator("roi")
-    @classmethod
-    def _roi(cls, value: list[float] | None) -> list[float] | None:
-        if value is None:
-            return value
-        if len(value) != 4:
-            raise ValueError("roi is [x, y, w, h] (4 fractions of the frame)")
-        x, y, w, h = value
-        if not (
-            0 <= x < 1
-            and 0 <= y < 1
-            and 0 < w <= 1
-            and 0 < h <= 1
-            and x + w <= 1.0001
-            and y + h <= 1.0001
-        ):
-            raise ValueError(
-                "roi must lie inside the frame: 0 <= x, y < 1, 0 < w, h, x + w <= 1, y + h <= 1"
-            )
-        return value
 
 
 class TLSConfig(Section):
@@ -266,10 +246,7 @@ class DeviceConfig(Section):
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> DeviceConfig:
-        names = [c.name for c in self.cameras]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"camera names must be unique, repeated: {', '.join(dupes)}")
+        check_unique([c.name for c in self.cameras], "camera")
         return self
 
 

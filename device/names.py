@@ -34,3 +34,10 @@ def _name_validator(what: str) -> AfterValidator:
 CameraName = Annotated[str, _name_validator("camera name")]
 RuleName = Annotated[str, _name_validator("rule name")]
 DeviceId = Annotated[str, _name_validator("device_id")]
+
+
+def check_unique(names: list[str], what: str) -> None:
+    """ValueError naming the repeated ones when ``names`` has duplicates."""
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} names must be unique, repeated: {', '.join(dupes)}")

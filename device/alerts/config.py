@@ -15,26 +15,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from device.names import RuleName
+from device.geometry import Roi
+from device.names import RuleName, check_unique
 
 _HOURS = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)\s*-\s*([01]?\d|2[0-4]):([0-5]\d)$")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def check_roi(value: list[float] | None) -> list[float] | None:
-    if value is None:
-        return value
-    if len(value) != 4:
-        raise ValueError("roi is [x, y, w, h] (4 fractions of the frame)")
-    x, y, w, h = value
-    if not (0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 and 0 < h <= 1):
-        raise ValueError("roi must lie inside the frame: 0 <= x, y < 1 and 0 < w, h <= 1")
-    if x + w > 1.0001 or y + h > 1.0001:
-        raise ValueError("roi must lie inside the frame: x + w <= 1 and y + h <= 1")
-    return value
 
 
 def parse_hours(spec: str) -> tuple[int, int]:
@@ -105,7 +93,7 @@ class RuleConfig(_Section):
         description="Local-time windows 'HH:MM-HH:MM' (may span midnight) when the rule is "
         "armed; empty: always.",
     )
-    roi: list[float] | None = Field(
+    roi: Roi = Field(
         None,
         description="Region of interest [x, y, w, h] as fractions of the full frame: this crop is "
         "classified for the rule (one more inference per frame); null: the camera's result.",
@@ -115,11 +103,6 @@ class RuleConfig(_Section):
         None,
         description="Home Assistant binary_sensor device class (e.g. motion, occupancy); null: none.",
     )
-
-    @field_validator("roi")
-    @classmethod
-    def _roi(cls, value: list[float] | None) -> list[float] | None:
-        return check_roi(value)
 
     @field_validator("active_hours")
     @classmethod
@@ -235,10 +218,7 @@ class AlertsConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> AlertsConfig:
-        names = [r.name for r in self.rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"rule names must be unique, repeated: {', '.join(dupes)}")
+        check_unique([r.name for r in self.rules], "rule")
         for rule in self.rules:
             missing = [g for g in rule.groups if g not in self.label_groups]
             if missing:
