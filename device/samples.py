@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -43,8 +44,12 @@ def _sha256(value: str) -> str:
 
 
 def _label(value: str) -> str:
-    if any(ord(c) < 32 for c in value):
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError("must not contain control characters")
+    # Labels become folder names when reviewed samples are merged into a dataset (DATA/<label>/),
+    # so nothing in a sidecar may walk out of a folder: no separators, not "." or "..".
+    if "/" in value or "\\" in value or value.strip() in (".", ".."):
+        raise ValueError("must not contain '/' or '\\' or be '.' or '..'")
     return value
 
 
@@ -96,7 +101,11 @@ class SampleMeta(_Strict):
     @field_validator("ts")
     @classmethod
     def _ts(cls, value: str) -> str:
-        if not _ISO_MS.match(value):
+        try:
+            valid = bool(_ISO_MS.match(value)) and bool(datetime.fromisoformat(value[:-1]))
+        except ValueError:  # a month 13, a 31st of June, an hour 25
+            valid = False
+        if not valid:
             raise ValueError(
                 "must be ISO 8601 UTC with milliseconds, e.g. 2026-11-29T08:26:11.123Z"
             )
