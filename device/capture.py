@@ -6,7 +6,9 @@ dropped, so latency never grows when inference is slower than the camera. Files 
 as possible hand over every frame (the capture thread waits for the slot to empty).
 
 Preprocessing (crop, resize, normalise) runs here too, into a small ring of preallocated input
-tensors, so it overlaps with inference of the previous frame.
+tensors, so it overlaps with inference of the previous frame. An optional ``mask`` (privacy
+masks with ``mask_inference``, device.privacy) blacks out parts of each frame first, so that
+neither the classifier nor anything after it sees them.
 """
 
 from __future__ import annotations
@@ -124,10 +126,12 @@ class CaptureThread(threading.Thread):
         nice: int = 5,
         first_index: int = 0,
         on_state: Callable[[str], None] | None = None,
+        mask: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         super().__init__(name=f"capture-{name}", daemon=True)
         self.source = source
         self.prepare = prepare
+        self.mask = mask
         self.realtime = (source.live or source.stand_in) if realtime is None else realtime
         self.loop = loop or source.stand_in
         self.reconnect_max_s = reconnect_max_s
@@ -203,6 +207,8 @@ class CaptureThread(threading.Thread):
             if self._outage is not None:
                 self._recovered()
             now_mono, now_wall = time.monotonic(), time.time()
+            if self.mask is not None:
+                pixels = self.mask(pixels)
             frame = Frame(pixels, now_mono, now_wall, self.first_index + self.frames)
             self.frames += 1
             buffer = self._take_buffer()

@@ -1,4 +1,5 @@
-"""``edgecam-device``: classify images, run the camera loop, validate a config, benchmark."""
+"""``edgecam-device``: classify images, run the camera loop, validate a config, benchmark,
+redact faces (device.privacy.cli)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from device import __version__
 from device.cliapp import ArgumentParser, numbers
 from device.errors import EdgecamError
+from device.privacy import cli as redact
 
 if TYPE_CHECKING:
     from device.config import DeviceConfig, InferenceConfig, ModelConfig
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(latest-frame slot: latency stays flat, drops are counted)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    redact.add_parser(sub)
     return parser
 
 
@@ -259,6 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from device.config import load_config
+    from device.privacy.guard import PrivacyGuard
     from device.runner import preflight
     from device.sources import describe_source
 
@@ -271,14 +275,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     mqtt = f"{config.mqtt.host}:{config.mqtt.port}" if config.mqtt.enabled else "off"
     rules = len(config.alerts.rules) if config.alerts.enabled else 0
+    privacy = PrivacyGuard(config.privacy)  # what run builds; logs why a detector cannot run
+    verdict = "valid" if not privacy.problem else "valid, but the face detector cannot run"
     print(
-        f"{args.config}: valid\n"
+        f"{args.config}: {verdict}\n"
         f"  model: {bundle.ref} ({bundle.variant}, {len(bundle.labels)} labels, "
         f"{checked.classifiers[0].backend_name})\n"
         f"  cameras: {cameras}\n"
-        f"  mqtt: {mqtt}; alert rules: {rules}"
+        f"  mqtt: {mqtt}; alert rules: {rules}\n"
+        f"  privacy: {privacy.describe()}"
     )
-    return 0
+    return 1 if privacy.problem else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -295,7 +302,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"classify": cmd_classify, "run": cmd_run, "validate": cmd_validate, "bench": cmd_bench}
+COMMANDS = {
+    "classify": cmd_classify,
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "bench": cmd_bench,
+    "redact": redact.cmd_redact,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

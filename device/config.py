@@ -34,6 +34,7 @@ from device.files import read_text
 from device.geometry import Roi
 from device.manifest import CROP_MODES, RESIZE_FILTERS
 from device.names import CameraName, DeviceId, check_unique
+from device.privacy.config import PrivacyConfig, check_cameras
 from device.supervision import SupervisionConfig
 from device.yamlfile import load_yaml
 
@@ -243,10 +244,16 @@ class DeviceConfig(Section):
         description="Camera restarts after unexpected errors; a camera that keeps failing ends "
         "the device with exit status 1 (docs/operations.md).",
     )
+    privacy: PrivacyConfig = Field(
+        default_factory=PrivacyConfig,
+        description="Privacy masks and face redaction in every image that leaves the device "
+        "(docs/privacy.md).",
+    )
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> DeviceConfig:
         check_unique([c.name for c in self.cameras], "camera")
+        check_cameras(self.privacy, [c.name for c in self.cameras])
         return self
 
 

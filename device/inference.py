@@ -185,7 +185,8 @@ class InferenceBackend:
                 "`make convert` (builtin ops only) or upgrade ai-edge-litert",
             ) from None
         self.input = TensorInfo.from_details(self.interpreter.get_input_details()[0])
-        self.output = TensorInfo.from_details(self.interpreter.get_output_details()[0])
+        self.outputs = [TensorInfo.from_details(d) for d in self.interpreter.get_output_details()]
+        self.output = self.outputs[0]  # a classifier's scores
         self.num_classes = int(np.prod(self.output.shape[1:])) if self.output.shape else 0
         self._check_labels()
         if bundle.variant == "unknown":  # a bare .tflite: name it from its tensors
@@ -262,6 +263,11 @@ class InferenceBackend:
     def get_output(self) -> np.ndarray:
         """The raw output scores as a 1-D array (a copy)."""
         return self.interpreter.get_tensor(self.output.index).reshape(-1)
+
+    def get_outputs(self) -> list[np.ndarray]:
+        """Every output tensor (copies), in the model's order (e.g. a detector's boxes and
+        scores)."""
+        return [self.interpreter.get_tensor(t.index) for t in self.outputs]
 
     def run(self, tensor: np.ndarray) -> tuple[np.ndarray, float]:
         self.set_input(tensor)

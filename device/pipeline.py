@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from device.capture import CaptureThread
 from device.classifier import Classifier
 from device.config import CameraConfig
@@ -59,8 +61,10 @@ class CameraPipeline:
         supervision: SupervisionConfig | None = None,
         rebuild: Callable[[], Classifier] | None = None,
         on_change: Callable[[CameraPipeline], None] | None = None,
+        frame_mask: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.camera = camera
+        self.frame_mask = frame_mask  # privacy masks before classification (mask_inference)
         self.classifier = classifier
         self.top_k = top_k
         self.min_score = min_score
@@ -197,6 +201,7 @@ class CameraPipeline:
             reconnect_max_s=self.camera.reconnect_max_s,
             first_index=self._totals["frames"],
             on_state=self._set_state,
+            mask=self.frame_mask,
         )
         attempt = _Attempt(capture)
         self._attempt = attempt

@@ -27,6 +27,7 @@ from device.metrics import cpu_temperature, rss_mb
 from device.mqtt import MqttPublisher, utc_iso
 from device.pipeline import CameraPipeline
 from device.preprocess import limit_opencv_threads
+from device.privacy.guard import PrivacyGuard
 from device.sinks import ConsoleSink, MqttClassificationSink, SinkSet
 from device.sources import check_source
 
@@ -93,6 +94,8 @@ class Runner:
         self._health_changed = threading.Event()
         checked = checked or preflight(config)
         classifiers = checked.classifiers
+        # every image that leaves (snapshots, samples): masks, faces; fails closed (privacy.md)
+        self.privacy = PrivacyGuard(config.privacy)
         first = classifiers[0]
         self.status = {
             "state": "online",
@@ -132,6 +135,7 @@ class Runner:
                         supervision=supervision,
                         rebuild=self._rebuilder(cam.roi),
                         on_change=self._camera_changed,
+                        frame_mask=self.privacy.inference_mask(cam.name),
                     )
                 )
         except Exception:
@@ -170,7 +174,7 @@ class Runner:
             model_name=first.bundle.name,
             model_ref=first.bundle.ref,
         )
-        alerts = AlertService(config.alerts, context, self.publisher, roi_classifier)
+        alerts = AlertService(config.alerts, context, self.publisher, roi_classifier, self.privacy)
         if self.publisher is not None:
             commands = effective_config(config.commands, config.alerts.commands)
             self.commands = CommandDispatcher(self.publisher, topics, commands)
@@ -215,6 +219,8 @@ class Runner:
             }
         if self.alerts is not None:
             payload["alerts"] = self.alerts.metrics()
+        if self.config.privacy.active:
+            payload["privacy"] = self.privacy.metrics()
         return payload
 
     def _publish_metrics(self) -> None:

@@ -4,9 +4,10 @@ The contract between the device (which writes it) and the ingest server (which r
 else): ``schema`` ``edgecam.sample/1``, ``sample_id`` = sha256 of the JPEG bytes, ``device``,
 ``camera``, ``ts`` (ISO 8601 UTC with milliseconds), ``model`` (name, version, sha256,
 variant), ``top`` (label, index, score), ``policy`` (what chose the frame), optional
-``event_id`` and ``roi``. Unknown keys are refused at every level; every string that could end
-up in a file name or a topic is restricted (device.names), so nothing a client sends becomes a
-path.
+``event_id``, ``roi`` and ``redaction`` (the privacy masks and face redaction applied to the
+JPEG, see docs/privacy.md; alert events carry the same record). Unknown keys are refused at
+every level; every string that could end up in a file name or a topic is restricted
+(device.names), so nothing a client sends becomes a path.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ POLICIES = (
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+REDACTION_METHODS = ("blur", "pixelate", "box")
 
 
 def _sha256(value: str) -> str:
@@ -76,6 +78,36 @@ class SampleClass(_Strict):
     score: float = Field(ge=0.0, le=1.0)
 
 
+class Redaction(_Strict):
+    """What privacy did to an image before it left the device (device.privacy)."""
+
+    mask_version: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{12}$",
+        description="First 12 hex digits of the sha256 of the camera's mask polygons; null: "
+        "no masks.",
+    )
+    masks: int = Field(0, ge=0, le=1000, description="How many mask polygons were blacked out.")
+    detector: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,100}@[0-9a-f]{12}$",
+        description="The face detector, <file stem>@<sha12>; null: faces were not redacted.",
+    )
+    min_score: float | None = Field(
+        None, ge=0.0, le=1.0, description="The detector's score threshold."
+    )
+    method: Literal[REDACTION_METHODS] | None = Field(  # type: ignore[valid-type]
+        None, description="How faces were redacted: blur, pixelate or box."
+    )
+    margin: float | None = Field(
+        None, ge=0.0, le=10.0, description="Face boxes were grown by this fraction per side."
+    )
+    faces: int = Field(0, ge=0, le=100_000, description="How many faces were redacted.")
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
 class SampleMeta(_Strict):
     """The sidecar of one field sample (``<sample_id>.json`` beside ``<sample_id>.jpg``)."""
 
@@ -92,6 +124,9 @@ class SampleMeta(_Strict):
     event_id: str | None = Field(None, description="The alert event the frame belongs to.")
     roi: list[float] | None = Field(
         None, description="Region of interest [x, y, w, h] (fractions) when the JPEG is a crop."
+    )
+    redaction: Redaction | None = Field(
+        None, description="The privacy masks and face redaction applied to the JPEG."
     )
 
     model_config = ConfigDict(

@@ -35,6 +35,7 @@ class AlertEvent:
     snapshot: str | None = None  # ref of the start snapshot
     best_snapshot: str | None = None  # ref of the best-frame snapshot (set at the end)
     best_frame: int = -1  # index of the frame whose pixels are kept as the best
+    redaction: dict[str, Any] | None = None  # privacy applied to its latest snapshot
 
     def payload(
         self, tr: Transition, device_id: str, model_ref: str | None = None
@@ -63,6 +64,7 @@ class AlertEvent:
             "best_snapshot": self.best_snapshot,
             "reason": tr.reason,
             "model": model_ref,
+            "redaction": self.redaction,
         }
 
     def state(self, tr: Transition) -> dict[str, Any]:

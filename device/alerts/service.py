@@ -28,6 +28,7 @@ from device.alerts.stepper import ClassifierFactory, RuleStepper
 from device.alerts.worker import AlertWorker, Delivery
 from device.commands import CommandDispatcher
 from device.mqtt import NullPublisher
+from device.privacy.guard import PrivacyGuard
 from device.sinks import Result, Sink
 from device.topics import Topics
 
@@ -54,6 +55,7 @@ class AlertService(Sink):
         ctx: AlertContext,
         publisher: Publisher | None = None,
         classifier_factory: ClassifierFactory | None = None,
+        privacy: PrivacyGuard | None = None,
     ):
         self.cfg = cfg
         self.ctx = ctx
@@ -73,7 +75,7 @@ class AlertService(Sink):
         self.outbox = Outbox(box.path, box.max_messages, box.max_mb, box.max_age_h)
         self.forwarder = Forwarder(self.outbox, self.publisher, box.inflight, box.resend_after_s)
         self.delivery = Delivery(self.outbox, self.forwarder, self.publisher)
-        self.snapshots = SnapshotStore(cfg.snapshots)
+        self.snapshots = SnapshotStore(cfg.snapshots, privacy)  # masks, faces (docs/privacy.md)
         self.stepper = RuleStepper(
             cfg, self.cameras, matchers, self._submit, classifier_factory, ctx.top_k
         )

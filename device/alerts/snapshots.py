@@ -1,8 +1,10 @@
 """Alert snapshots: JPEG files under ``<dir>/<camera>/`` with a retention policy.
 
-Encoding and writing run in the alert worker thread, never in the inference thread. Retention
-deletes the oldest files first until every bound holds: file count, age, folder size and free
-disk space.
+Encoding and writing run in the alert worker thread, never in the inference thread. Every
+snapshot passes the privacy guard first (device.privacy: the camera's masks, face redaction), so
+no unredacted snapshot is written or published; when privacy cannot be applied the snapshot is
+withheld (``Withheld``). Retention deletes the oldest files first until every bound holds: file
+count, age, folder size and free disk space.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from device.alerts.config import SnapshotConfig
+
+if TYPE_CHECKING:
+    from device.privacy.guard import PrivacyGuard
+    from device.samples import Redaction
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +72,36 @@ class Snapshot:
     ref: str  # path relative to the snapshot folder, as given in event payloads
     path: Path
     jpeg: bytes
+    redaction: Redaction | None = None  # what privacy did to it (None: nothing configured)
 
 
 class SnapshotStore:
-    def __init__(self, cfg: SnapshotConfig):
+    def __init__(self, cfg: SnapshotConfig, privacy: PrivacyGuard | None = None):
         self.cfg = cfg
+        self.privacy = privacy
         self.root = Path(cfg.dir)
         self.saved = 0
         self.deleted = 0
         self.failed = 0
 
     def save(
-        self, ref: str, pixels: np.ndarray, roi: Sequence[float] | None = None
+        self,
+        ref: str,
+        pixels: np.ndarray,
+        roi: Sequence[float] | None = None,
+        camera: str | None = None,
     ) -> Snapshot | None:
-        """Encode and write one snapshot; None (logged) when it fails."""
+        """Redact (privacy), encode and write one snapshot; None (logged) when it fails.
+
+        ``camera`` (default: the first part of ``ref``) chooses the masks. Raises
+        ``device.privacy.guard.Withheld`` (counted and logged there) when privacy cannot be
+        applied: nothing is written.
+        """
         cfg = self.cfg
+        redaction = None
+        if self.privacy is not None:
+            safe = self.privacy.protect(camera or ref.split("/", 1)[0], pixels, "snapshot")
+            pixels, redaction = safe.pixels, safe.redaction
         try:
             image = crop(pixels, roi if cfg.crop_to_roi else None)
             jpeg = encode_jpeg(image, cfg.quality, cfg.max_width)
@@ -94,7 +116,7 @@ class SnapshotStore:
             return None
         self.saved += 1
         self.enforce_retention()
-        return Snapshot(ref, path, jpeg)
+        return Snapshot(ref, path, jpeg, redaction)
 
     def enforce_retention(self, now: float | None = None) -> int:
         """Delete oldest snapshots until count, age, size and free-space bounds hold."""

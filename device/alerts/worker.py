@@ -20,9 +20,10 @@ from device.alerts.events import off_state
 from device.alerts.forwarder import Forwarder, Publisher
 from device.alerts.jobs import Job, RecoverJob, SnapshotJob, StatesJob, TransitionJob
 from device.alerts.outbox import Message, Outbox, OutboxError
-from device.alerts.snapshots import SnapshotStore
+from device.alerts.snapshots import Snapshot, SnapshotStore
 from device.alerts.stepper import RuleStepper
 from device.mqtt import utc_iso
+from device.privacy.guard import Withheld
 from device.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,25 @@ class AlertWorker:
         return Message(self.topics.alert(camera), to_json(payload), "alert", qos=1)
 
     # -- handlers -------------------------------------------------------------------------------------
+    def _save(
+        self, camera: str, ref: str, pixels: Any, roi: Any = None
+    ) -> tuple[Snapshot | None, dict[str, Any] | None]:
+        """Save a snapshot through privacy; (snapshot or None, its redaction record, or
+        ``{"withheld": why}`` when privacy withheld it)."""
+        try:
+            snap = self.snapshots.save(ref, pixels, roi, camera=camera)
+        except Withheld as exc:
+            return None, {"withheld": exc.reason}
+        redaction = snap.redaction.to_json() if snap and snap.redaction else None
+        return snap, redaction
+
     def _transition(self, job: TransitionJob) -> None:
         event, tr = job.event, job.transition
         messages: list[Message] = []
         for snap_request in job.snaps:
-            snap = self.snapshots.save(snap_request.ref, snap_request.pixels, snap_request.roi)
+            snap, event.redaction = self._save(
+                job.camera, snap_request.ref, snap_request.pixels, snap_request.roi
+            )
             if snap is None:
                 setattr(event, snap_request.field, None)
             elif self.snapshots.cfg.publish:
@@ -170,7 +185,7 @@ class AlertWorker:
         self.delivery.send([self.state_message(c, r, s) for c, r, s in self.stepper.states()])
 
     def _snapshot(self, job: SnapshotJob) -> None:
-        saved, messages, missing = [], [], []
+        saved, messages, missing, withheld = [], [], [], {}
         for cam in job.cameras:
             frame = self.stepper.latest(cam)
             if frame is None:
@@ -178,14 +193,29 @@ class AlertWorker:
                 continue
             ms = round(frame.ts_wall * 1000) % 1000
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(frame.ts_wall)) + f"{ms:03d}Z"
-            snap = self.snapshots.save(f"{cam}/{stamp}-manual.jpg", frame.pixels.copy())
+            snap, redaction = self._save(cam, f"{cam}/{stamp}-manual.jpg", frame.pixels.copy())
             if snap is None:
-                missing.append(cam)
+                if redaction is not None:
+                    withheld[cam] = redaction["withheld"]
+                else:
+                    missing.append(cam)
                 continue
-            saved.append({"camera": cam, "snapshot": snap.ref, "ts": utc_iso(frame.ts_wall)})
+            saved.append(
+                {
+                    "camera": cam,
+                    "snapshot": snap.ref,
+                    "ts": utc_iso(frame.ts_wall),
+                    "redaction": redaction,
+                }
+            )
             messages.append(self.snapshot_message(cam, snap.jpeg))
         self.delivery.send(messages)
         if not saved:
-            job.reply.error(f"no frame to save yet from {', '.join(missing)}")
+            why = [f"no frame to save yet from {', '.join(missing)}"] if missing else []
+            why += [f"{cam}: withheld by privacy ({reason})" for cam, reason in withheld.items()]
+            job.reply.error("; ".join(why))
         else:
-            job.reply.ok({"snapshots": saved})
+            result: dict[str, Any] = {"snapshots": saved}
+            if withheld:
+                result["withheld"] = withheld
+            job.reply.ok(result)
