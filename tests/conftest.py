@@ -319,3 +319,183 @@ def send_command(sub, name: str, payload=None, device: str = "test-pi", timeout:
 def send_command_fixture():
     """The ``send_command`` helper as a fixture."""
     return send_command
+
+
+# -- S3 and the ingest server (issue 9) ----------------------------------------------------------
+class S3Server:
+    """A real S3-protocol server (``moto_server``, in memory) on a free loopback port.
+
+    ``env`` holds what a boto3 client in another process needs (test credentials, region,
+    endpoint; the instance-metadata lookup off); ``client()`` is a boto3 client for this
+    process; ``new_bucket()`` makes an empty bucket and returns its name."""
+
+    def __init__(self, workdir: Path):
+        import sys
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(workdir / "aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "aws-credentials"),
+        }
+        self.log = workdir / "moto.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        self._buckets = 0
+        wait_until(self._up, timeout=30, what=f"moto_server on port {self.port}")
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited: {self.log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def new_bucket(self) -> str:
+        self._buckets += 1
+        name = f"edgecam-test-{self._buckets}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """One ``moto_server`` for the session (``.endpoint``, ``.env``, ``.client()``,
+    ``.new_bucket()``); each test takes its own bucket."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the [dev] extra")
+    pytest.importorskip("boto3", reason="boto3 is in the [train] extra")
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+class IngestServer:
+    """A real ``edgecam-train serve`` (uvicorn) in a subprocess on a free loopback port.
+
+    ``add_token(name, admin=False) -> token`` writes the tokens file (the running server picks
+    changes up within a second); ``start()`` / ``stop(kill=False)`` can be repeated (outage
+    tests); ``url`` is ``http(s)://127.0.0.1:<port>``; ``log()`` is the server's output.
+    ``tls`` is a folder from the ``tls_certs`` fixture (``server.crt``, ``server.key``)."""
+
+    def __init__(self, workdir: Path, inbox: str | None = None, tls: Path | None = None,
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None):  # fmt: skip
+        self.workdir = workdir
+        self.inbox = inbox or str(workdir / "inbox")
+        self.tokens = workdir / "tokens.txt"
+        self.port = free_port()
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.logfile = workdir / f"ingest-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if not self.tokens.exists():
+            self.tokens.write_text("")
+
+    def add_token(self, name: str, admin: bool = False) -> str:
+        from training.ingest.tokens import add_token
+
+        return add_token(self.tokens, name, role="admin" if admin else "device", replace=True)
+
+    def command(self) -> list[str]:
+        import sys
+
+        cmd = [sys.executable, "-m", "training.cli", "serve", self.inbox,
+               "--tokens", str(self.tokens), "--port", str(self.port), "--log-interval", "1"]  # fmt: skip
+        if self.tls:
+            cmd += ["--tls-cert", str(self.tls / "server.crt"), "--tls-key", str(self.tls / "server.key")]  # fmt: skip
+        return cmd + list(self.args)
+
+    def start(self) -> IngestServer:
+        self.proc = subprocess.Popen(
+            self.command(), cwd=self.workdir, env=self.env,
+            stdout=self.logfile.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_until(self.healthy, timeout=30, what=f"the ingest server on port {self.port}")
+        return self
+
+    def healthy(self) -> bool:
+        import http.client
+        import ssl
+
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"the ingest server is not running: {self.log()[-3000:]}")
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.tls / "ca.crt"))
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2, context=context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
+def _ingest_servers(base: Path) -> Iterator:
+    pytest.importorskip("uvicorn", reason="the ingest server needs the [train] extra")
+    servers: list[IngestServer] = []
+
+    def make(**kwargs) -> IngestServer:
+        workdir = base / f"ingest-{len(servers)}"
+        workdir.mkdir()
+        server = IngestServer(workdir, **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def ingest_server_factory(tmp_path: Path) -> Iterator:
+    """``make(inbox=None, tls=None, args=(), env=None) -> IngestServer`` (not started: add
+    tokens, then ``.start()``); every server is stopped at the end of the test."""
+    yield from _ingest_servers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_ingest_server_factory(tmp_path_factory) -> Iterator:
+    """``ingest_server_factory`` whose servers live until the end of the test module."""
+    yield from _ingest_servers(tmp_path_factory.mktemp("ingest"))

@@ -1,4 +1,5 @@
-"""``edgecam-train``: check, split, train and evaluate image classifiers.
+"""``edgecam-train``: check, split, train and evaluate image classifiers; serve the ingest
+server that receives field samples (``serve``, ``token``).
 
 Errors caused by data, files or options print one line on stderr and exit with status 2;
 ``check`` exits with 1 when it leaves errors in the data; an interrupted ``train`` exits with
@@ -17,6 +18,7 @@ from typing import Any
 
 from device.cliapp import EXIT_FAILURE, EXIT_OK, CliApp
 from training.errors import TrainingError
+from training.ingest import cli as ingest_commands
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run folder (runs/<name>)")
     p.add_argument("--baselines", action="store_true", help="add k-NN / linear SVM baselines")
     p.add_argument("--top-k", type=int, default=5)
+
+    ingest_commands.add_parsers(sub)  # serve, token add|list|revoke
     return parser
 
 
@@ -229,7 +233,13 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"  baseline {name:<20}{acc:.4f}")
 
 
-COMMANDS = {"check": cmd_check, "split": cmd_split, "train": cmd_train, "evaluate": cmd_evaluate}
+COMMANDS = {
+    "check": cmd_check,
+    "split": cmd_split,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    **ingest_commands.COMMANDS,
+}
 
 
 APP = CliApp(build_parser, COMMANDS, error_prefix=f"{PROG}: ")
