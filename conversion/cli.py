@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "exit status: 0 ok; 1 the gate failed; 2 error; 3 edgetpu asked for but "
-            "edgetpu_compiler is not installed. Example: edgecam-convert runs/garden"
+            "edgetpu_compiler is not installed. Example: edgecam-convert runs/garden. "
+            "Model updates over MQTT: edgecam-convert keygen / edgecam-convert sign BUNDLE "
+            "--key operator.key (docs/fleet.md)"
         ),
     )
     p.add_argument("--version", action="version", version=f"edgecam {__version__}")
@@ -233,6 +235,11 @@ APP = CliApp(build_parser, convert, quiet_loggers=("absl",))  # absl: TF's conve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("sign", "keygen"):  # model signing (a run folder: ./sign)
+        from conversion.sign import APP as SIGN_APP
+
+        return SIGN_APP.main(args)
     return APP.main(argv)
 
 

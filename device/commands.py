@@ -2,8 +2,10 @@
 
 Components register their commands by name with a payload model and a handler: the alerts
 register ``snapshot``, ``pause``, ``resume`` and ``state`` (``device.alerts.commands``), the runner
-registers ``reload``. Payloads are JSON objects (an empty payload means ``{}``); every command
-accepts an ``id`` that the reply repeats. Replies go to ``cmd/<command>/result`` (QoS 1)::
+registers ``reload``, the model rollout ``model`` and ``rollback`` (``device.rollout``; a long
+command replies once per step, each reply with a ``"step"`` key, docs/fleet.md). Payloads are
+JSON objects (an empty payload means ``{}``); every command accepts an ``id`` that the reply
+repeats. Replies go to ``cmd/<command>/result`` (QoS 1)::
 
     {"id": "42", "command": "pause", "ok": true, "result": {...}, "ts": "..."}
     {"id": "42", "command": "pause", "ok": false, "error": "camera 'x' does not exist", "ts": "..."}
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_QUEUED = 32  # commands waiting for the "commands" thread; more are answered "busy"
-COMMAND_NAMES = ("snapshot", "pause", "resume", "reload", "state")
+COMMAND_NAMES = ("snapshot", "pause", "resume", "reload", "state", "model", "rollback")
 _SAFE = re.compile(SAFE_NAME_PATTERN)
 
 # a camera or rule named in a payload: bounded and from the safe set, so an error that names it
@@ -131,6 +133,15 @@ class Reply:
     def error(self, message: str) -> None:
         log.warning("command %s (id %s) failed: %s", self.name, _loggable(self.id), message)
         self._send(self.name, {"id": self.id, "ok": False, "error": message})
+
+    def step(self, step: str, result: Any = None, *, error: str | None = None) -> None:
+        """One step of a long command (``model``): several replies, each naming its ``step``;
+        ``error`` makes it a failed one (``ok`` false)."""
+        body: dict[str, Any] = {"id": self.id, "ok": error is None, "step": step, "result": result}
+        if error is not None:
+            log.warning("command %s (id %s) %s: %s", self.name, _loggable(self.id), step, error)
+            body["error"] = error
+        self._send(self.name, body)
 
 
 Handler = Callable[[Any, Reply], None]  # (validated payload model, reply)

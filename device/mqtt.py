@@ -163,6 +163,15 @@ class MqttPublisher:
     def _status_payload(self, state: str) -> str:
         return json.dumps({**self._status, "state": state, "ts": utc_iso(time.time())})
 
+    def update_status(self, **fields: Any) -> None:
+        """Change fields of the retained status (model, uptime_s, fps, ...) and publish it now
+        when connected (else on the next connect); the last will follows for the next connect."""
+        with self._lock:
+            self._status = {**self._status, **fields}
+        self.client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+        if self.connected.is_set() and not self._stopping:
+            self.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         log.info("MQTT: connecting to %s:%d as %s", self.cfg.host, self.cfg.port, self.device_id)
