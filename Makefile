@@ -10,7 +10,7 @@ NAME ?=
 EXTRA_ARGS ?=
 MODELS_DIR ?= models
 
-.PHONY: help install install-device system-deps models run test lint format bench train convert clean
+.PHONY: help install install-device system-deps models run test lint format bench bench-ingest train convert clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: $(PY)  ## device loop benchmark on the sample clip with the reference mod
 	@test -f $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite || $(MAKE) models
 	$(BIN)/edgecam-device bench --model $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite \
 		--source $(MODELS_DIR)/vtest.avi --frames 300 --threads 2
+
+bench-ingest: $(PY)  ## ingest server: uploads/s from 50 simulated devices (50 KB JPEGs), peak RSS
+	$(PY) -m training.ingest.bench $(EXTRA_ARGS)
 
 train: $(PY)  ## train a classifier: make train DATA=path/to/images [NAME=run-name]
 	@test -n "$(DATA)" || (echo "usage: make train DATA=path/to/images [NAME=run-name]" >&2; exit 2)

@@ -19,19 +19,20 @@ from device.samples import SCHEMA, sample_id
 def make_jpeg(
     width: int = 640, height: int = 480, target_bytes: int = 50_000, seed: int = 0
 ) -> bytes:
-    """A JPEG of ``width`` x ``height`` of roughly ``target_bytes`` (the quality is searched)."""
+    """A JPEG of ``width`` x ``height`` of about ``target_bytes`` (the closest quality)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([(xx * 255 // width), (yy * 255 // height), ((xx + yy) % 256)], axis=-1)
     noise = rng.integers(0, 48, size=(height, width, 3))
     frame = np.clip(base + noise, 0, 255).astype(np.uint8)
     best = b""
-    for quality in range(5, 101, 5):
+    for quality in range(5, 101):
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
         assert ok
-        if best and len(buf) > target_bytes:
+        if not best or abs(len(buf) - target_bytes) < abs(len(best) - target_bytes):
+            best = buf.tobytes()
+        if len(buf) > target_bytes:
             break
-        best = buf.tobytes()
     return best
 
 
