@@ -34,8 +34,10 @@ from device.files import read_text
 from device.geometry import Roi
 from device.manifest import CROP_MODES, RESIZE_FILTERS
 from device.names import CameraName, DeviceId, check_unique
+from device.sampling.config import SamplingConfig
 from device.privacy.config import PrivacyConfig, check_cameras
 from device.supervision import SupervisionConfig
+from device.upload.config import UploadConfig
 from device.yamlfile import load_yaml
 
 MAX_CONFIG_BYTES = 1 << 20  # a device config is a few KB
@@ -243,6 +245,16 @@ class DeviceConfig(Section):
         default_factory=SupervisionConfig,
         description="Camera restarts after unexpected errors; a camera that keeps failing ends "
         "the device with exit status 1 (docs/operations.md).",
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig,
+        description="Field samples: frames worth learning from, kept for retraining, with "
+        "rate limits and a daily byte budget (docs/field-loop.md).",
+    )
+    upload: UploadConfig = Field(
+        default_factory=UploadConfig,
+        description="The ingest server the samples go to, and the outbox they wait in "
+        "(docs/field-loop.md).",
     )
     privacy: PrivacyConfig = Field(
         default_factory=PrivacyConfig,

@@ -32,8 +32,13 @@ from device.sinks import ConsoleSink, MqttClassificationSink, SinkSet
 from device.sources import check_source
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from device.alerts.service import AlertService
     from device.commands import CommandDispatcher
+    from device.sampling.sink import SamplingSink
+    from device.upload.outbox import SampleOutbox
+    from device.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ class Preflight:
 
     classifiers: list[Classifier]
     source_kinds: dict[str, str]
+    upload_token: SecretStr | None = None  # when upload is enabled
 
 
 def preflight(config: DeviceConfig) -> Preflight:
@@ -72,7 +78,9 @@ def preflight(config: DeviceConfig) -> Preflight:
         from device.alerts import check_rules
 
         check_rules(config.alerts, [c.name for c in config.cameras], classifiers[0].bundle.labels)
-    return Preflight(classifiers, kinds)
+    from device.upload.config import check_upload
+
+    return Preflight(classifiers, kinds, upload_token=check_upload(config.upload))
 
 
 class Runner:
@@ -120,6 +128,10 @@ class Runner:
         if config.alerts.enabled:
             self.alerts = self._build_alerts(first, config_path)
             self.sinks.add(self.alerts)
+        self.samples: SampleOutbox | None = None
+        self.sampling: SamplingSink | None = None
+        self.uploader: Uploader | None = None
+        self._build_field_loop(first, checked.upload_token)
         supervision = config.supervision
         try:
             for cam, classifier in zip(config.cameras, classifiers, strict=True):
@@ -142,6 +154,35 @@ class Runner:
             for p in self.pipelines:
                 p.close()
             raise
+
+    def _build_field_loop(self, first: Classifier, token: SecretStr | None) -> None:
+        """Field samples (device.sampling) into the outbox, and its uploader (device.upload)."""
+        config = self.config
+        if not (config.sampling.enabled or config.upload.enabled):
+            return
+        from device.upload.outbox import SampleOutbox
+
+        box = config.upload.outbox
+        self.samples = SampleOutbox(box.dir, box.max_samples, box.max_mb, box.max_rejected)
+        if config.sampling.enabled:
+            from device.sampling.sink import SamplingSink
+
+            rois = {c.name: c.roi for c in config.cameras}
+            self.sampling = SamplingSink(
+                config.sampling,
+                config.device_id,
+                self.samples,
+                first.bundle,
+                rois,
+                privacy=self.privacy,  # masks and faces before a sample is stored
+            )
+            self.sinks.add(self.sampling)
+            if self.alerts is not None:
+                self.alerts.stepper.observer = self.sampling  # near-threshold and event frames
+        if token is not None:
+            from device.upload.uploader import Uploader
+
+            self.uploader = Uploader(config.upload, self.samples, token)
 
     def _rebuilder(self, roi: Sequence[float] | None):
         config = self.config
@@ -221,6 +262,11 @@ class Runner:
             payload["alerts"] = self.alerts.metrics()
         if self.config.privacy.active:
             payload["privacy"] = self.privacy.metrics()
+        if self.sampling is not None:
+            payload["sampling"] = self.sampling.metrics()
+        if self.samples is not None:
+            upload = self.uploader.metrics() if self.uploader is not None else {"state": "off"}
+            payload["upload"] = {**self.samples.stats(), **upload}
         return payload
 
     def _publish_metrics(self) -> None:
@@ -260,6 +306,10 @@ class Runner:
         try:
             if self.alerts is not None:
                 self.alerts.start()
+            if self.sampling is not None:
+                self.sampling.start()
+            if self.uploader is not None:
+                self.uploader.start()
             if self.publisher is not None:
                 self.publisher.start()
             for p in self.pipelines:
@@ -304,7 +354,9 @@ class Runner:
         self._publish_metrics()
         if self.publisher is not None:
             self.publisher.stop()
-        self.sinks.close()
+        self.sinks.close()  # the sampling writer stores what it has queued
+        if self.uploader is not None:
+            self.uploader.stop()
         log.info("stopped")
 
 

@@ -499,3 +499,25 @@ def ingest_server_factory(tmp_path: Path) -> Iterator:
 def module_ingest_server_factory(tmp_path_factory) -> Iterator:
     """``ingest_server_factory`` whose servers live until the end of the test module."""
     yield from _ingest_servers(tmp_path_factory.mktemp("ingest"))
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory) -> Path:
+    """A private test CA (``ca.crt``) and a server certificate it signed for 127.0.0.1 and
+    localhost (``server.crt``, ``server.key``), made with the openssl command (EC keys: fast)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make test certificates")
+    d = tmp_path_factory.mktemp("tls")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", *key, "-days", "2", "-subj", "/CN=edgecam-test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", *key, "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
+    return d

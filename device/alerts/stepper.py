@@ -4,6 +4,8 @@ Runs in each camera's inference thread and must stay fast: it classifies a rule'
 interest when it has one, steps the rule engine, keeps a copy of the pixels of new and best
 frames, and turns every transition into a ``TransitionJob`` for the worker. No I/O here.
 Commands (pause, resume, state) and ``reload`` reach the same state under one lock.
+An optional ``observer`` (field sampling, device.sampling) sees each frame's rule scores and
+the start and best frames of events, on the same thread, under the same lock.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from device.alerts.rules import (
     RuleEngine,
     Transition,
     now_observation,
+    roi_key,
 )
 from device.commands import CommandError
 from device.errors import ConfigError
@@ -37,6 +40,39 @@ log = logging.getLogger(__name__)
 
 ClassifierFactory = Callable[[str, Sequence[float]], Any]  # (camera, roi) -> Classifier
 RoiClassifiers = dict[str, dict[RoiKey, Any]]
+Tops = Mapping[RoiKey, Sequence[Any]]  # a frame's top-k lists: None = the camera's, else a roi's
+
+
+@dataclass(frozen=True)
+class RuleScore:
+    """An alert rule's score on one frame."""
+
+    rule: str
+    roi: Sequence[float] | None
+    score: float
+    label: str | None
+    start_score: float
+    active: bool  # an event of the rule is on
+
+
+class StepObserver(Protocol):
+    """Sees what the rules see; called on the inference thread under the stepper's lock, so it
+    may only decide and copy, never block."""
+
+    def rule_scores(
+        self, camera: str, frame: Frame, tops: Tops, scores: Sequence[RuleScore]
+    ) -> None: ...
+
+    def event_frame(
+        self,
+        policy: str,  # alert_start | alert_best
+        camera: str,
+        event_id: str,
+        frame: Frame,  # its pixels are a private copy
+        tops: Tops,
+        roi: Sequence[float] | None,
+        label: str | None,
+    ) -> None: ...
 
 
 @dataclass
@@ -44,6 +80,8 @@ class _Active:
     event: AlertEvent
     best_pixels: np.ndarray | None = None
     best_score: float = -1.0
+    best_tops: Tops | None = None
+    best_ts: tuple[float, float] = (0.0, 0.0)  # monotonic and wall clock of the best frame
 
 
 class RuleStepper:
@@ -67,7 +105,10 @@ class RuleStepper:
         self._rois = self.roi_classifiers(self.engine)
         self._active: dict[tuple[str, str], _Active] = {}
         self._latest: dict[str, Frame] = {}
+        self._tops: dict[str, Tops] = {}  # each camera's current frame
         self.counts = {"start": 0, "update": 0, "end": 0}
+        self.observer: StepObserver | None = None
+        self.observer_errors = 0
 
     # -- the inference thread ------------------------------------------------------------------
     def handle(self, camera: str, frame: Frame, top: Sequence[Any]) -> None:
@@ -79,10 +120,32 @@ class RuleStepper:
             roi_top, _ms = clf.classify(frame.pixels, k=self.top_k)
             tops[key] = roi_top
         with self.lock:
+            self._tops[camera] = tops
             steps = self.engine.step(camera, frame.ts_mono, frame.ts_wall, frame.index, tops)
             for name, tr in steps:
                 self.transition(camera, name, tr, frame)
             self._track_best(camera, frame)
+            if self.observer is not None:
+                self._observe("rule_scores", camera, frame, tops, self._scores(camera, frame, tops))
+
+    def _observe(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.observer, method)(*args)
+        except Exception:  # an observer never breaks alerting
+            self.observer_errors += 1
+            if self.observer_errors == 1:
+                log.exception("alerts: the step observer failed (logged once, alerting goes on)")
+
+    def _scores(self, camera: str, frame: Frame, tops: Tops) -> list[RuleScore]:
+        out = []
+        for (cam, name), tracker in self.engine.trackers.items():
+            top = tops.get(roi_key(tracker.rule.roi))
+            if cam != camera or top is None or self.engine.is_paused(cam, name, frame.ts_mono):
+                continue
+            score, label = self.engine.matchers[name].match(top)
+            rule = tracker.rule
+            out.append(RuleScore(name, rule.roi, score, label, rule.start_score, tracker.active))
+        return out
 
     def latest(self, camera: str) -> Frame | None:
         return self._latest.get(camera)
@@ -98,6 +161,8 @@ class RuleStepper:
             if tracker.peak.score > active.best_score and active.event.best_frame != frame.index:
                 active.best_pixels = frame.pixels.copy()
                 active.best_score = tracker.peak.score
+                active.best_tops = self._tops.get(cam)
+                active.best_ts = (frame.ts_mono, frame.ts_wall)
                 active.event.best_frame = frame.index
 
     def transition(self, cam: str, name: str, tr: Transition, frame: Frame | None) -> None:
@@ -114,10 +179,23 @@ class RuleStepper:
                 pixels = frame.pixels.copy()
                 active.best_pixels = pixels
                 active.best_score = tr.obs.score
+                active.best_tops = self._tops.get(cam)
+                active.best_ts = (frame.ts_mono, frame.ts_wall)
                 event.best_frame = frame.index
                 if snaps_on:
                     event.snapshot = f"{cam}/{event.event_id}-{name}-start.jpg"
                     snaps.append(SnapRequest("snapshot", event.snapshot, pixels, roi))
+                if self.observer is not None:
+                    self._observe(
+                        "event_frame",
+                        "alert_start",
+                        cam,
+                        event.event_id,
+                        replace(frame, pixels=pixels),
+                        self._tops.get(cam, {}),
+                        roi,
+                        tr.peak.label,
+                    )
             self._active[(cam, name)] = active
         else:
             found = self._active.get((cam, name))
@@ -129,6 +207,21 @@ class RuleStepper:
             if tr.kind == "end":
                 del self._active[(cam, name)]
                 best = found.best_pixels
+                if (
+                    self.observer is not None
+                    and best is not None
+                    and event.best_frame != event.start.frame
+                ):
+                    self._observe(
+                        "event_frame",
+                        "alert_best",
+                        cam,
+                        event.event_id,
+                        Frame(best, *found.best_ts, event.best_frame),
+                        found.best_tops or {},
+                        roi,
+                        tr.peak.label,
+                    )
                 if (
                     snaps_on
                     and self.cfg.snapshots.best_frame
