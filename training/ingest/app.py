@@ -44,6 +44,7 @@ API = "/api/v1"
 ENDPOINTS = f"POST {API}/samples, GET {API}/stats, GET /healthz"
 TOKEN_FIX = "send 'Authorization: Bearer <token>'; a device gets one with edgecam-train token add"
 STORE_ERROR_LOG_EVERY_S = 10.0
+RETRY_AFTER_S = 30  # a 503 (the inbox cannot store): when a device should try again
 
 
 @dataclass
@@ -109,7 +110,11 @@ def _error(
 
 
 def _refusal(rejected: Rejected) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="edgecam"'} if rejected.status == 401 else None
+    headers = None
+    if rejected.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="edgecam"'}
+    elif rejected.status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return _error(rejected.status, rejected.error, rejected.fix, headers)
 
 
