@@ -102,6 +102,9 @@ class Redaction(_Strict):
     margin: float | None = Field(
         None, ge=0.0, le=10.0, description="Face boxes were grown by this fraction per side."
     )
+    tile_px: int | None = Field(
+        None, ge=1, le=100_000, description="The detector also scanned squares of this size."
+    )
     faces: int = Field(0, ge=0, le=100_000, description="How many faces were redacted.")
 
     def to_json(self) -> dict:

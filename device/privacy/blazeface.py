@@ -171,6 +171,23 @@ def weighted_nms(
     return np.stack(kept_rows).astype(np.float32), np.asarray(kept_scores, np.float32)
 
 
+def candidates(
+    raw_boxes: np.ndarray,
+    raw_scores: np.ndarray,
+    anchors: np.ndarray,
+    input_size: int,
+    min_score: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw model outputs -> the decoded anchors scoring at least ``min_score`` (MediaPipe's
+    min_score_thresh), before non-maximum suppression: ``(rows (K, 16), scores (K,))``."""
+    scores = sigmoid_scores(raw_scores)
+    if scores.shape[0] != anchors.shape[0]:
+        raise ValueError(f"{scores.shape[0]} scores for {anchors.shape[0]} anchors")
+    keep = np.flatnonzero(scores >= min_score)
+    boxes = decode_boxes(raw_boxes.reshape(-1, NUM_COORDS)[keep], anchors[keep], input_size)
+    return boxes, scores[keep]
+
+
 def detect(
     raw_boxes: np.ndarray,
     raw_scores: np.ndarray,
@@ -179,16 +196,9 @@ def detect(
     min_score: float,
     iou_threshold: float = NMS_IOU,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw model outputs -> faces: ``(detections (K, 16), scores (K,))`` after weighted NMS.
-
-    Only anchors scoring at least ``min_score`` are decoded (MediaPipe's min_score_thresh).
-    """
-    scores = sigmoid_scores(raw_scores)
-    if scores.shape[0] != anchors.shape[0]:
-        raise ValueError(f"{scores.shape[0]} scores for {anchors.shape[0]} anchors")
-    keep = np.flatnonzero(scores >= min_score)
-    boxes = decode_boxes(raw_boxes.reshape(-1, NUM_COORDS)[keep], anchors[keep], input_size)
-    return weighted_nms(boxes, scores[keep], iou_threshold)
+    """Raw model outputs -> faces: ``(rows (K, 16), scores (K,))`` after weighted NMS."""
+    boxes, scores = candidates(raw_boxes, raw_scores, anchors, input_size, min_score)
+    return weighted_nms(boxes, scores, iou_threshold)
 
 
 def unletterbox(detections: np.ndarray, pad: Sequence[float]) -> np.ndarray:
@@ -199,3 +209,22 @@ def unletterbox(detections: np.ndarray, pad: Sequence[float]) -> np.ndarray:
     out[:, 0::2] = (out[:, 0::2] - left) / (1.0 - left - right)
     out[:, 1::2] = (out[:, 1::2] - top) / (1.0 - top - bottom)
     return out
+
+
+def tiles(width: int, height: int, size: int, overlap: float = 1 / 3) -> list[tuple[int, int, int]]:
+    """Square tiles ``(x, y, side)`` covering a ``width`` x ``height`` image, neighbours
+    overlapping by ``overlap`` of a side (so a face up to that fraction of a side lies wholly
+    inside one tile); the last row and column end at the image's edge. Empty when ``size``
+    is not smaller than the image's longer side (the whole image is one tile then); a side
+    is at most the image's shorter side."""
+    if size >= max(width, height):
+        return []
+    side = min(size, width, height)
+    step = max(1, round(side * (1 - overlap)))
+
+    def starts(extent: int) -> list[int]:
+        last = extent - side
+        out = list(range(0, last, step))
+        return [*out, last]
+
+    return [(x, y, side) for y in starts(height) for x in starts(width)]

@@ -20,7 +20,13 @@ from device.errors import ConfigError, EdgecamError
 from device.privacy.config import METHODS, FacesConfig, PrivacyConfig
 
 DEFAULT_QUALITY = 90
-_FLAGS = {"model": "--model", "min_score": "--min-score", "margin": "--margin"}
+_FLAGS = {
+    "model": "--model",
+    "min_score": "--min-score",
+    "margin": "--margin",
+    "tile_px": "--tile",
+    "threads": "--threads",
+}
 
 
 def add_parser(sub: Any) -> None:
@@ -49,6 +55,13 @@ def add_parser(sub: Any) -> None:
         "--margin", type=float, help="grow face boxes by this fraction (privacy.faces.margin)"
     )
     p.add_argument("--method", choices=METHODS, help="blur, pixelate or box (privacy.faces.method)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        dest="tile_px",
+        help="also scan overlapping squares of this many pixels, for small faces "
+        "(privacy.faces.tile_px)",
+    )
     p.add_argument("--threads", type=int, default=None, help="detector CPU threads")
     p.add_argument(
         "--quality",
@@ -85,6 +98,7 @@ def privacy_section(args: argparse.Namespace) -> PrivacyConfig:
         "min_score": args.min_score,
         "margin": args.margin,
         "method": args.method,
+        "tile_px": args.tile_px,
         "threads": args.threads,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -121,7 +135,9 @@ def cmd_redact(args: argparse.Namespace) -> int:
         raise ConfigError(f"--quality: {args.quality} is not in 1..100")
     privacy = privacy_section(args)
     faces = privacy.faces
-    detector = FaceDetector(faces.model, min_score=faces.min_score, threads=faces.threads)
+    detector = FaceDetector(
+        faces.model, min_score=faces.min_score, threads=faces.threads, tile_px=faces.tile_px
+    )
     guard = PrivacyGuard(privacy, detector=detector)
     camera = args.camera or "redact"
     try:
@@ -158,7 +174,9 @@ def cmd_redact(args: argparse.Namespace) -> int:
         print(
             f"{path} -> {target}: {len(found)} face{'' if len(found) == 1 else 's'} "
             f"({detector.ref}, {detector.spec.name}, min_score {faces.min_score:g}, "
-            f"{faces.method}, margin {faces.margin:g}; {detector.last_ms:.1f} ms)"
+            f"{faces.method}, margin {faces.margin:g}"
+            f"{f', tiles of {faces.tile_px} px' if faces.tile_px else ''}; "
+            f"{detector.last_ms:.1f} ms)"
         )
         for face in found:
             x0, y0, x1, y1 = face["box"]

@@ -48,6 +48,14 @@ class FacesConfig(_Section):
     method: Literal[METHODS] = Field(  # type: ignore[valid-type]
         "blur", description="blur (coarse blur), pixelate (large blocks) or box (solid black)."
     )
+    tile_px: int | None = Field(
+        None,
+        ge=64,
+        le=4096,
+        description="Also scan overlapping squares of this many pixels, for faces too small to "
+        "find in the whole image (cameras that see people from afar; e.g. 192: several "
+        "detector runs per image); null: the whole image only.",
+    )
     threads: int = Field(
         1, ge=1, le=8, description="Detector CPU threads (it runs beside the camera loop)."
     )

@@ -96,7 +96,11 @@ class FaceDetector:
         min_score: float = DEFAULT_MIN_SCORE,
         threads: int = 1,
         runtime: str | None = None,
+        tile_px: int | None = None,
     ):
+        """``tile_px``: also look for faces in overlapping squares of this many pixels (each
+        scaled to the model's input), so that faces too small for the whole image scaled to
+        128 or 192 pixels are found; None: the whole image only."""
         path = Path(path)
         data = read_bytes(
             path, "face detector", ModelError, max_bytes=MAX_DETECTOR_BYTES, missing_hint=FETCH_HINT
@@ -107,6 +111,7 @@ class FaceDetector:
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.name = path.stem
         self.min_score = min_score
+        self.tile_px = tile_px
         bundle = ModelBundle(
             path, {}, InputSpec(), self.name, variant="float32", sha256=self.sha256
         )
@@ -153,23 +158,37 @@ class FaceDetector:
             )
         return spec, boxes, scores
 
-    def detect(self, pixels: np.ndarray) -> list[Face]:
-        """Faces in an RGB image (HxWx3 uint8), best first; coordinates are fractions of it."""
-        if pixels.ndim != 3 or pixels.shape[2] != 3 or not pixels.shape[0] or not pixels.shape[1]:
-            raise ValueError(f"not an RGB image: shape {pixels.shape}")
-        start = time.perf_counter()
+    def _candidates(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded detections above the threshold in ``pixels`` (fractions of it), before NMS."""
         pad = _letterbox(pixels, self._input)
         self.backend.set_input(self._input)
         self.backend.invoke()
         outputs = self.backend.get_outputs()
-        rows, scores = blazeface.detect(
+        rows, scores = blazeface.candidates(
             outputs[self._boxes],
             outputs[self._scores],
             self.anchors,
             self.spec.input_size,
             self.min_score,
         )
-        rows = np.clip(blazeface.unletterbox(rows, pad), 0.0, 1.0)
+        return blazeface.unletterbox(rows, pad), scores
+
+    def detect(self, pixels: np.ndarray) -> list[Face]:
+        """Faces in an RGB image (HxWx3 uint8), best first; coordinates are fractions of it."""
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or not pixels.shape[0] or not pixels.shape[1]:
+            raise ValueError(f"not an RGB image: shape {pixels.shape}")
+        start = time.perf_counter()
+        height, width = pixels.shape[:2]
+        found = [self._candidates(pixels)]  # the whole image, then each tile
+        for x, y, side in blazeface.tiles(width, height, self.tile_px or max(width, height)):
+            rows, scores = self._candidates(pixels[y : y + side, x : x + side])
+            rows[:, 0::2] = (rows[:, 0::2] * side + x) / width  # tile -> image fractions
+            rows[:, 1::2] = (rows[:, 1::2] * side + y) / height
+            found.append((rows, scores))
+        rows, scores = blazeface.weighted_nms(
+            np.concatenate([r for r, _ in found]), np.concatenate([s for _, s in found])
+        )
+        rows = np.clip(rows, 0.0, 1.0)
         self.last_ms = (time.perf_counter() - start) * 1000.0
         return [
             Face(

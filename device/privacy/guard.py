@@ -66,12 +66,14 @@ class PrivacyGuard:
         *,
         runtime: str | None = None,
         detector: FaceDetector | None = None,
+        retry_s: float = RETRY_S,
     ):
         """``detector``: one already loaded (the ``redact`` command and the benchmark load
         theirs first, to stop on an error); else it is loaded here when faces are enabled."""
         self.cfg = cfg or PrivacyConfig()
         self.faces: FacesConfig = self.cfg.faces
         self.runtime = runtime
+        self.retry_s = retry_s
         self.masks = {name: MaskSet(c.masks) for name, c in self.cfg.cameras.items() if c.masks}
         self.detector: FaceDetector | None = detector
         self.problem: str | None = None  # why the detector cannot run
@@ -95,11 +97,12 @@ class PrivacyGuard:
                 min_score=self.faces.min_score,
                 threads=self.faces.threads,
                 runtime=self.runtime,
+                tile_px=self.faces.tile_px,
             )
         except EdgecamError as exc:
             first = self.problem is None
             self.problem, self.hint = exc.message, exc.hint
-            self._retry_at = time.monotonic() + RETRY_S
+            self._retry_at = time.monotonic() + self.retry_s
             if first:
                 log.error(
                     "privacy: face redaction is on but the detector cannot run: %s; snapshots "
@@ -120,6 +123,12 @@ class PrivacyGuard:
             self.faces.margin,
         )
         return self.detector
+
+    def retry_now(self) -> None:
+        """Try an unusable detector again at the next image (not ``retry_s`` after the last
+        try)."""
+        with self._lock:
+            self._retry_at = 0.0
 
     def _usable_detector(self) -> FaceDetector | None:
         if self.detector is None and time.monotonic() >= self._retry_at:
@@ -208,6 +217,7 @@ class PrivacyGuard:
             min_score=self.faces.min_score if self.faces.enabled else None,
             method=self.faces.method if self.faces.enabled else None,
             margin=self.faces.margin if self.faces.enabled else None,
+            tile_px=self.faces.tile_px if self.faces.enabled else None,
             faces=faces,
         )
 
@@ -219,9 +229,10 @@ class PrivacyGuard:
                 faces = f"faces UNAVAILABLE ({self.problem}): snapshots and samples are withheld"
             else:
                 f = self.faces
+                tiles = f", tiles of {f.tile_px} px" if f.tile_px else ""
                 faces = (
                     f"faces {f.method} with {self.detector.ref} ({self.detector.spec.name}, "
-                    f"min_score {f.min_score:g}, margin {f.margin:g})"
+                    f"min_score {f.min_score:g}, margin {f.margin:g}{tiles})"
                 )
         masks = ", ".join(
             f"{name} ({len(m)}{', also before inference' if self.inference_mask(name) else ''})"
