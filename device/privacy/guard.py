@@ -36,7 +36,7 @@ from device.supervision import describe_exception
 log = logging.getLogger(__name__)
 
 RETRY_S = 60.0  # how often an unusable detector is tried again
-LOG_EVERY_S = 60.0  # withheld images of one reason are logged at most this often
+LOG_EVERY_S = 60.0  # withheld images of one kind and reason are logged at most this often
 KINDS = ("snapshot", "sample", "image")
 
 
@@ -80,7 +80,7 @@ class PrivacyGuard:
         self.hint: str | None = None
         self._lock = threading.Lock()  # the detector and the counters
         self._retry_at = 0.0
-        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (last logged, held back)
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}  # -> (last logged, held)
         self.images = dict.fromkeys(KINDS, 0)
         self.withheld = dict.fromkeys(KINDS, 0)
         self.faces_redacted = 0
@@ -189,7 +189,8 @@ class PrivacyGuard:
         """Count, log (at most every LOG_EVERY_S per reason) and raise Withheld."""
         self.withheld[what] = self.withheld.get(what, 0) + 1
         now = time.monotonic()
-        last, held = self._logged.get(reason, (-LOG_EVERY_S, 0))
+        key = (what, reason)
+        last, held = self._logged.get(key, (-LOG_EVERY_S, 0))
         if now - last >= LOG_EVERY_S:
             more = f" ({held} more withheld since the last message)" if held else ""
             log.error(
@@ -199,9 +200,9 @@ class PrivacyGuard:
                 more,
                 f"; fix: {hint}" if hint else "",
             )
-            self._logged[reason] = (now, 0)
+            self._logged[key] = (now, 0)
         else:
-            self._logged[reason] = (last, held + 1)
+            self._logged[key] = (last, held + 1)
         raise Withheld(reason)
 
     def record(self, camera: str, faces: int = 0) -> Redaction | None:

@@ -345,7 +345,9 @@ def test_no_detector_withholds_every_image(
     text = caplog.text
     assert "detector cannot run" in text and "withheld" in text and "alerts still go out" in text
     assert "make models" in text
-    assert text.count("withheld, not sent") == 1  # one line per reason per minute, not per image
+    # one line per kind and reason per minute, not one per image
+    assert text.count("snapshot withheld, not sent") == 1
+    assert text.count("sample withheld, not sent") == 1
     # the file is put right: the next try loads it, and images go out again
     shutil.copyfile(detector_path(test_data, FULL), model)
     g.retry_s = 0.0
