@@ -175,6 +175,7 @@ class Runner:
                 first.bundle,
                 rois,
                 privacy=self.privacy,  # masks and faces before a sample is stored
+                bundles=lambda: [p.classifier.bundle for p in self.pipelines],  # model updates
             )
             self.sinks.add(self.sampling)
             if self.alerts is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,12 +52,16 @@ class SamplingSink(Sink):
         camera_rois: Mapping[str, Sequence[float] | None] | None = None,
         rng: random.Random | None = None,
         privacy: PrivacyGuard | None = None,
+        bundles: Callable[[], Iterable[ModelBundle]] | None = None,
     ):
+        """``bundles``: the models the cameras run now, looked up when results name a model
+        not seen before (after a model update, device.rollout)."""
         self.cfg = cfg
         self.sampler = Sampler(cfg, rng)
         self.writer = SampleWriter(cfg, self.sampler, outbox, device_id, privacy)
         self.camera_rois = dict(camera_rois or {})
         self._models: dict[str, SampleModel] = {}
+        self._bundles = bundles or (lambda: ())
         self._default = self.register_model(bundle)
         self._camera_model: dict[str, SampleModel] = {}
         self._unknown_models: set[str] = set()
@@ -66,6 +70,12 @@ class SamplingSink(Sink):
         """Results that name this model (``<name>@<sha12>``) can be sampled."""
         model = self._models[bundle.ref] = sample_model(bundle)
         return model
+
+    def _find_model(self, ref: str) -> SampleModel | None:
+        for bundle in self._bundles():
+            if bundle.ref == ref:
+                return self.register_model(bundle)
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,7 +86,7 @@ class SamplingSink(Sink):
 
     # -- the inference threads -------------------------------------------------------------------
     def handle(self, result: Result) -> None:
-        model = self._models.get(result.model_ref)
+        model = self._models.get(result.model_ref) or self._find_model(result.model_ref)
         if model is None:
             if result.model_ref not in self._unknown_models:
                 self._unknown_models.add(result.model_ref)

@@ -9,7 +9,6 @@ take (SampleMeta, sha256 = sample_id = file name), within the limits and the day
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +81,7 @@ def test_policies_and_limits_on_the_real_clip(write_config, tmp_path) -> None:
     metrics = runner.metrics()
     policies = metrics["sampling"]["policies"]
     by_policy: dict[str, list[SampleMeta]] = {}
-    for meta, jpeg in samples:
+    for meta, _jpeg in samples:
         by_policy.setdefault(meta.policy, []).append(meta)
         assert (meta.device, meta.camera) == ("test-pi", "street")
         assert meta.model.name == "mobilenet_v2_1.0_224_quant" and len(meta.top) == 5
@@ -127,7 +126,7 @@ def test_the_daily_budget_holds_across_a_restart(write_config, tmp_path) -> None
     first = run(write_config, tmp_path, 20, sampling)
     taken = stored(tmp_path)
     jpeg_bytes = sum(len(j) for _, j in taken)
-    assert 1 <= len(taken) and jpeg_bytes <= budget * 1048576
+    assert len(taken) >= 1 and jpeg_bytes <= budget * 1048576
     policies = first.metrics()["sampling"]["policies"]
     assert policies["low_confidence"]["budget_exhausted"] > 0
     assert first.metrics()["sampling"]["bytes_today"] == jpeg_bytes
@@ -172,3 +171,44 @@ def test_an_unwritable_outbox_never_stops_the_loop(write_config, tmp_path, caplo
     assert metrics["sampling"]["failed"] == 2 and metrics["sampling"]["written"] == 0
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "not stored" in errors[0] and "samples" in errors[0]
+
+
+def test_samples_name_the_model_that_classified_them_after_an_update(tmp_path, wait_until):
+    """After a model update (device.rollout) results name another model: its samples say so."""
+    from dataclasses import dataclass
+
+    from device.postprocess import Class
+    from device.sampling.config import SamplingConfig
+    from device.sampling.sink import SamplingSink
+    from device.sinks import Result
+    from device.sources.base import Frame
+    from device.upload.outbox import SampleOutbox
+
+    @dataclass
+    class Bundle:  # what the sink reads of a device.model.ModelBundle
+        name: str
+        version: str
+        sha256: str
+        variant: str = "int8"
+
+        @property
+        def ref(self) -> str:
+            return f"{self.name}@{self.sha256[:12]}"
+
+    old, new = Bundle("henhouse", "3", "a" * 64), Bundle("henhouse", "4", "b" * 64)
+    running = [old]
+    cfg = SamplingConfig.model_validate({"enabled": True, **ONLY_LOW_CONFIDENCE})
+    box = SampleOutbox(tmp_path / "samples")
+    sink = SamplingSink(cfg, "test-pi", box, old, bundles=lambda: running)
+    sink.start()
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    try:
+        running[:] = [new]  # the camera swapped its classifier
+        for i, bundle in enumerate((old, new)):
+            frame = Frame(pixels + i, 100.0 + i, 1.7e9 + i, i)
+            sink.handle(Result("street", frame, [Class(1, "hen", 0.2)], 5.0, 9.0, bundle.ref))
+        wait_until(lambda: len(box) == 2, 10, what="two samples")
+    finally:
+        sink.close()
+    versions = sorted(m.model.version for m, _ in stored(tmp_path))
+    assert versions == ["3", "4"]
