@@ -115,6 +115,20 @@ class RolloutConfig(_Section):
         "rolls the device back to the previous model by itself.",
     )
 
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> RolloutConfig:
+        shadow, limits = self.shadow, self.limits
+        if shadow.seconds is None and (shadow.frames or 0) > limits.max_frames:
+            raise ValueError(
+                f"shadow.frames {shadow.frames} is over limits.max_frames {limits.max_frames}"
+            )
+        if shadow.seconds is not None and shadow.seconds > limits.max_seconds:
+            raise ValueError(
+                f"shadow.seconds {shadow.seconds:g} is over limits.max_seconds "
+                f"{limits.max_seconds:g}"
+            )
+        return self
+
     @property
     def enabled(self) -> bool:
         return self.public_key is not None

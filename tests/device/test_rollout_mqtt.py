@@ -69,7 +69,7 @@ def served(tmp_path_factory, test_data):
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+    def log_message(self, format, *args):
         pass
 
 
@@ -129,9 +129,7 @@ def run_command(sub, payload: dict, wait_until, name: str = "model", timeout: fl
         return [r for r in sub.json_on(result) if r.get("id") == rid]
 
     def final(replies: list[dict]) -> bool:
-        return any(
-            r.get("step") in (None, "promoted", "rolled_back", "unchanged") for r in replies
-        )
+        return any(r.get("step") in (None, "promoted", "rolled_back", "unchanged") for r in replies)
 
     sub.client.publish(f"edgecam/test-pi/cmd/{name}", json.dumps(payload), qos=1)
     wait_until(lambda: final(replies()), timeout, what=f"the final reply to {rid}")
@@ -158,7 +156,9 @@ def test_bad_updates_leave_the_old_model_running_and_say_why(
         old_ref, old_sha = device.ref, device.runner.status["model"]["sha256"]
 
         # refused before anything starts: a scheme that is not allowed, a shadow over the limit
-        reply = run_command(sub, {**payloads["agrees"], "id": "ftp", "url": "ftp://x/b"}, wait_until)
+        reply = run_command(
+            sub, {**payloads["agrees"], "id": "ftp", "url": "ftp://x/b"}, wait_until
+        )
         assert reply[-1]["ok"] is False and "scheme 'ftp' is not allowed" in reply[-1]["error"]
         too_long = {**payloads["agrees"], "id": "long", "shadow": {"frames": 10**6}}
         reply = run_command(sub, too_long, wait_until)
@@ -190,6 +190,17 @@ def test_bad_updates_leave_the_old_model_running_and_say_why(
         # nothing was kept: no links, no bundles, no downloads left
         models = tmp_path / "state" / "models"
         assert sorted(p.name for p in models.iterdir()) == []
+
+        # told to skip the shadow, the device takes even the disagreeing model; its input is
+        # 128x128 instead of 224x224: frames in flight are prepared again, nothing fails
+        skip = {**payloads["disagrees"], "id": "skip", "shadow": None}
+        replies = run_command(sub, skip, wait_until)
+        assert [r["step"] for r in replies][-2:] == ["loaded", "promoted"], replies
+        assert replies[-1]["result"]["shadow"] == "skipped"
+        seen = len(sub.json_on("/street/classification"))
+        wait_until(lambda: len(sub.json_on("/street/classification")) > seen + 5, 20)
+        assert refs_after(sub, seen) == {device.ref} and device.ref != old_ref
+        assert device.runner.pipelines[0].health.last_error is None
 
 
 def test_good_update_is_promoted_survives_a_restart_and_rolls_back(
@@ -259,3 +270,50 @@ def test_a_device_without_a_public_key_refuses_updates(
             reply = run_command(sub, {**payload, "id": name}, wait_until, name=name)[-1]
             assert reply["ok"] is False and "rollout.public_key is not set" in reply["error"]
             assert "edgecam-convert keygen" in reply["error"]
+
+
+def test_a_new_model_that_fails_to_run_is_rolled_back(
+    broker, subscriber_factory, write_config, test_data, tmp_path, served, wait_until, monkeypatch
+):
+    """A model that raises on live frames, in shadow and after a promotion (the failure is
+    injected into the real interpreter's call: no real model fails only at run time)."""
+    from device.classifier import Classifier
+
+    good = served["payloads"]["agrees"]
+    path = device_config(write_config, test_data, broker.port, served, tmp_path, watch_s=10)
+    sub = subscriber_factory(broker.port, topic="edgecam/test-pi/#")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the interpreter failed")
+
+    with Device(path) as device:
+        wait_until(lambda: sub.json_on("/street/classification"), 30, what="classifications")
+        old_ref = device.ref
+        with monkeypatch.context() as patch:
+            patch.setattr(Classifier, "classify", boom)  # the shadow's call, not the live one
+            replies = run_command(sub, {**good, "id": "shadow-fails"}, wait_until)
+        last = replies[-1]
+        assert last["step"] == "rolled_back" and last["result"]["stage"] == "shadow", replies
+        assert "failed on a live frame: RuntimeError: the interpreter failed" in last["error"]
+        assert device.ref == old_ref
+
+        replies = run_command(sub, {**good, "id": "run-fails", "shadow": None}, wait_until)
+        assert replies[-1]["step"] == "promoted" and device.ref != old_ref
+        device.runner.pipelines[0].classifier.classify_tensor = boom  # the live model fails
+
+        def rolled_back():
+            return [
+                r
+                for r in sub.json_on("/cmd/model/result")
+                if r["id"] == "run-fails" and r["step"] == "rolled_back"
+            ]
+
+        last = wait_until(rolled_back, 30, what="the automatic rollback")[0]
+        assert last["ok"] is False and last["result"]["stage"] == "run"
+        assert "camera street failed with the new model: inference: RuntimeError" in last["error"]
+        wait_until(lambda: device.ref == old_ref, 10, what="the old model back")
+        seen = len(sub.json_on("/street/classification"))
+        wait_until(lambda: len(sub.json_on("/street/classification")) > seen + 3, 20)
+        assert refs_after(sub, seen) == {old_ref}
+        models = tmp_path / "state" / "models"
+        assert os.readlink(models / "current") != good["sha256"][:12]
