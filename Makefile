@@ -10,7 +10,7 @@ NAME ?=
 EXTRA_ARGS ?=
 MODELS_DIR ?= models
 
-.PHONY: help install install-device system-deps models run test lint format bench bench-ingest train convert clean
+.PHONY: help install install-device system-deps models run test lint format bench bench-ingest bench-fleet train convert clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench: $(PY)  ## device loop benchmark on the sample clip with the reference mod
 
 bench-ingest: $(PY)  ## ingest server: uploads/s from 50 simulated devices (50 KB JPEGs), peak RSS
 	$(PY) -m training.ingest.bench $(EXTRA_ARGS)
+
+bench-fleet: $(PY)  ## 1,000 simulated devices on a local Mosquitto: msgs/s, broker CPU/RAM, fleet view
+	EDGECAM_BENCH=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/device/test_fleet_load.py
 
 train: $(PY)  ## train a classifier: make train DATA=path/to/images [NAME=run-name]
 	@test -n "$(DATA)" || (echo "usage: make train DATA=path/to/images [NAME=run-name]" >&2; exit 2)
