@@ -99,8 +99,7 @@ class SamplingSink(Sink):
         )
         if policy is None:
             return
-        roi = self.camera_rois.get(result.camera) if self.cfg.crop_roi else None
-        self._offer(result.camera, policy, frame, frame.pixels.copy(), result.top, roi=roi)
+        self._offer(result.camera, policy, frame, frame.pixels.copy(), {None: result.top})
 
     def rule_scores(
         self, camera: str, frame: Frame, tops: Tops, scores: Sequence[RuleScoreLike]
@@ -113,16 +112,8 @@ class SamplingSink(Sink):
         )
         if pick is None:
             return
-        roi = getattr(pick, "roi", None)
-        self._offer(
-            camera,
-            "near_threshold",
-            frame,
-            frame.pixels.copy(),
-            tops.get(None, ()),
-            roi=roi if self.cfg.crop_roi else None,
-            roi_top=tops.get(roi_key(roi)) if roi is not None else None,
-        )
+        pixels = frame.pixels.copy()
+        self._offer(camera, "near_threshold", frame, pixels, tops, getattr(pick, "roi", None))
 
     def event_frame(
         self,
@@ -139,16 +130,7 @@ class SamplingSink(Sink):
             policy, camera, frame.index, label, frame.ts_mono, utc_day(frame.ts_wall)
         ):
             return
-        self._offer(
-            camera,
-            policy,
-            frame,
-            frame.pixels,
-            tops.get(None, ()),
-            event_id=event_id,
-            roi=roi if self.cfg.crop_roi else None,
-            roi_top=tops.get(roi_key(roi)) if roi is not None else None,
-        )
+        self._offer(camera, policy, frame, frame.pixels, tops, roi, event_id)
 
     def _offer(
         self,
@@ -156,16 +138,19 @@ class SamplingSink(Sink):
         policy: str,
         frame: Frame,
         pixels: np.ndarray,
-        top: Sequence[Any],
-        *,
+        tops: Tops,
+        rule_roi: Sequence[float] | None = None,
         event_id: str | None = None,
-        roi: Sequence[float] | None = None,
-        roi_top: Sequence[Any] | None = None,
     ) -> None:
+        """Queue a job: the frame with the camera's top-k (``tops[None]``), and with crop_roi
+        also the alert rule's region (with its own top-k), else the camera's region."""
+        roi, roi_top = None, None
+        if self.cfg.crop_roi:
+            roi = rule_roi if rule_roi is not None else self.camera_rois.get(camera)
+            roi_top = tops.get(roi_key(rule_roi)) if rule_roi is not None else None
         model = self._camera_model.get(camera, self._default)
-        job = SampleJob(
-            camera, policy, pixels, frame.ts_wall, list(top), model, event_id, roi, roi_top
-        )
+        top = list(tops.get(None, ()))
+        job = SampleJob(camera, policy, pixels, frame.ts_wall, top, model, event_id, roi, roi_top)
         self.writer.offer(job)
 
     def metrics(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@ to a waiting sample, backoff, a wrong token, a lost network, a private CA, a sto
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import hashlib
@@ -139,6 +140,17 @@ def uploader_for(box: SampleOutbox, url: str, token: str = TOKEN, **kw) -> Uploa
     return Uploader(config(url, **kw), box, SecretStr(token))
 
 
+@contextlib.contextmanager
+def running(box: SampleOutbox, url: str, **kw) -> Iterator[Uploader]:
+    """An uploader thread for the block, stopped at its end."""
+    up = uploader_for(box, url, **kw)
+    up.start()
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
 def outbox_with(tmp_path: Path, n: int) -> tuple[SampleOutbox, list[str]]:
     box = SampleOutbox(tmp_path / "samples")
     ids = []
@@ -156,12 +168,8 @@ def test_delivers_oldest_first_and_deletes_only_what_the_server_confirmed(
     sid, jpeg, meta = make_sample(0)
     stub.stored[sid] = (jpeg, json.loads(meta))  # an earlier answer was lost: a duplicate
     stub.script = [(500, {"error": "disk full"}), (503, {"error": "busy"})]
-    up = uploader_for(box, f"http://127.0.0.1:{stub.port}")
-    up.start()
-    try:
+    with running(box, f"http://127.0.0.1:{stub.port}") as up:
         wait_until(lambda: len(box) == 0, 20, what="the outbox to empty")
-    finally:
-        up.stop()
     assert set(stub.stored) == set(ids)
     for sid in ids:
         jpeg, meta = stub.stored[sid]
@@ -175,12 +183,8 @@ def test_delivers_oldest_first_and_deletes_only_what_the_server_confirmed(
 def test_a_sample_the_server_refuses_for_good_is_moved_aside(tmp_path, stub, wait_until) -> None:
     box, ids = outbox_with(tmp_path, 2)
     stub.script = [(400, {"error": "sidecar: unknown key 'x'", "fix": "update the device"})]
-    up = uploader_for(box, f"http://127.0.0.1:{stub.port}")
-    up.start()
-    try:
+    with running(box, f"http://127.0.0.1:{stub.port}") as up:
         wait_until(lambda: len(box) == 0, 20, what="the outbox to empty")
-    finally:
-        up.stop()
     assert list(stub.stored) == [ids[1]]
     aside = tmp_path / "samples" / "rejected"
     assert (aside / f"{ids[0]}.jpg").exists()
@@ -198,16 +202,12 @@ def test_a_refused_token_keeps_the_samples_is_logged_once_and_never_shown(
         stub.token = "the-servers-other-token"
     else:
         stub.script = [(403, {"error": "token of device other-pi"})] * 6
-    up = uploader_for(box, f"http://127.0.0.1:{stub.port}")
-    with caplog.at_level(logging.DEBUG):
-        up.start()
-        try:
-            wait_until(lambda: up.failures >= 4, 20, what="four refused tries")
-            assert len(box) == 2 and not stub.stored  # nothing deleted, nothing moved aside
-            stub.token = TOKEN  # the operator fixes it
-            wait_until(lambda: len(box) == 0, 20, what="delivery with the right token")
-        finally:
-            up.stop()
+    url = f"http://127.0.0.1:{stub.port}"
+    with caplog.at_level(logging.DEBUG), running(box, url) as up:
+        wait_until(lambda: up.failures >= 4, 20, what="four refused tries")
+        assert len(box) == 2 and not stub.stored  # nothing deleted, nothing moved aside
+        stub.token = TOKEN  # the operator fixes it
+        wait_until(lambda: len(box) == 0, 20, what="delivery with the right token")
     assert set(stub.stored) == set(ids)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "token" in errors[0].getMessage()
@@ -218,12 +218,8 @@ def test_a_refused_token_keeps_the_samples_is_logged_once_and_never_shown(
 
 def test_a_wrong_url_keeps_the_samples(tmp_path, stub, wait_until) -> None:
     box, _ = outbox_with(tmp_path, 1)
-    up = uploader_for(box, f"http://127.0.0.1:{stub.port}/not-here")
-    up.start()
-    try:
+    with running(box, f"http://127.0.0.1:{stub.port}/not-here") as up:
         wait_until(lambda: up.failures >= 2, 20, what="two tries")
-    finally:
-        up.stop()
     assert len(box) == 1 and box.rejected == 0
     assert "Check upload.url" in up.metrics()["last_error"]
 
@@ -240,13 +236,8 @@ def test_network_loss_and_a_restart_lose_nothing(tmp_path, wait_until) -> None:
     up.stop()  # the device restarts
     box = SampleOutbox(tmp_path / "samples")
     assert len(box) == 3
-    with IngestStub(port) as server:
-        up = uploader_for(box, f"http://127.0.0.1:{port}")
-        up.start()
-        try:
-            wait_until(lambda: len(box) == 0, 20, what="delivery after the outage")
-        finally:
-            up.stop()
+    with IngestStub(port) as server, running(box, f"http://127.0.0.1:{port}") as up:
+        wait_until(lambda: len(box) == 0, 20, what="delivery after the outage")
     assert set(server.stored) == set(ids)
 
 
@@ -256,20 +247,12 @@ def test_https_with_a_private_ca(tmp_path, tls_certs, wait_until) -> None:
     with IngestStub(tls=tls) as server:
         url = f"https://localhost:{server.port}"
         box, ids = outbox_with(tmp_path, 2)
-        untrusted = uploader_for(box, url)  # the system CAs do not know the test CA
-        untrusted.start()
-        try:
+        with running(box, url) as untrusted:  # the system CAs do not know the test CA
             wait_until(lambda: untrusted.failures >= 1, 20, what="a refused certificate")
-        finally:
-            untrusted.stop()
         assert "set upload.ca_file" in untrusted.metrics()["last_error"]
         assert len(box) == 2 and not server.stored
-        trusted = uploader_for(box, url, ca_file=str(tls_certs / "ca.crt"))
-        trusted.start()
-        try:
+        with running(box, url, ca_file=str(tls_certs / "ca.crt")):
             wait_until(lambda: len(box) == 0, 20, what="delivery over verified TLS")
-        finally:
-            trusted.stop()
         assert set(server.stored) == set(ids)
 
 
