@@ -33,7 +33,7 @@ def device_config(
     url: str,
     sampling: dict,
     camera: dict | None = None,
-    token_file: Path | None = None,
+    upload: dict | None = None,
     **sections,
 ) -> Path:
     """The clip looping as fast as inference allows (a file source drops no frame) unless
@@ -47,11 +47,11 @@ def device_config(
         upload={
             "enabled": True,
             "url": url,
-            "token_file": str(token_file) if token_file else None,
             "retry_min_s": 0.2,
             "retry_max_s": 1.0,
             "timeout_s": 10,
             "outbox": {"dir": str(tmp_path / "samples")},
+            **(upload or {}),
         },
         **sections,
     )
@@ -113,15 +113,17 @@ def inbox_samples(store) -> dict[str, tuple[SampleMeta, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
+@pytest.mark.parametrize("kind", ["local", "s3", "https"])
 def test_device_samples_reach_the_inbox(
     kind, ingest_server_factory, write_config, tmp_path, test_data, wait_until, request
 ) -> None:
+    """The local and the S3 inbox, and HTTPS verified against a private CA."""
     s3 = request.getfixturevalue("s3_server") if kind == "s3" else None
+    tls = request.getfixturevalue("tls_certs") if kind == "https" else None
     if s3 is not None:
         server = ingest_server_factory(inbox=f"s3://{s3.new_bucket()}/inbox", env=s3.env)
     else:
-        server = ingest_server_factory()
+        server = ingest_server_factory(tls=tls)
     token_file = tmp_path / "upload.token"
     token_file.write_text(server.add_token(DEVICE) + "\n")
     token_file.chmod(0o600)
@@ -135,14 +137,11 @@ def test_device_samples_reach_the_inbox(
         "random": CLOSED,
     }
     alerts = {"label_groups": {"walker": WALKER}, "rules": [RULE], "snapshots": {"enabled": False}}
+    upload = {"token_file": str(token_file)}
+    if tls is not None:
+        upload["ca_file"] = str(tls / "ca.crt")
     path = device_config(
-        write_config,
-        tmp_path,
-        test_data,
-        server.url,
-        sampling,
-        token_file=token_file,
-        alerts=alerts,
+        write_config, tmp_path, test_data, server.url, sampling, upload=upload, alerts=alerts
     )
 
     device = Device(path)
@@ -167,7 +166,7 @@ def test_device_samples_reach_the_inbox(
         assert (meta.device, meta.camera) == (DEVICE, "street")
         assert meta.model.name == "mobilenet_v2_1.0_224_quant"
         assert (meta.event_id is not None) == meta.policy.startswith("alert_")
-    if kind == "local":  # the documented layout: INBOX/<device>/<date>/<sample_id>.jpg|.json
+    if kind != "s3":  # the documented layout: INBOX/<device>/<date>/<sample_id>.jpg|.json
         root = Path(server.inbox)
         names = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
         layout = {f"{DEVICE}/{m.ts[:10]}/{m.sample_id}" for m, _ in inbox.values()}

@@ -212,3 +212,39 @@ def test_samples_name_the_model_that_classified_them_after_an_update(tmp_path, w
         sink.close()
     versions = sorted(m.model.version for m, _ in stored(tmp_path))
     assert versions == ["3", "4"]
+
+
+def test_alert_frames_of_a_rule_with_a_roi_keep_its_region(tmp_path, test_data, wait_until):
+    """With crop_roi, an alert rule's frame is kept whole (the camera's top-k) and as the
+    rule's region (that region's own top-k, the roi in the sidecar)."""
+    from device.alerts.rules import roi_key
+    from device.model import load_bundle
+    from device.postprocess import Class
+    from device.sampling.config import SamplingConfig
+    from device.sampling.sink import SamplingSink
+    from device.sources.base import Frame
+    from device.upload.outbox import SampleOutbox
+
+    coral = test_data / "coral"
+    bundle, _ = load_bundle(
+        coral / "mobilenet_v2_1.0_224_quant.tflite", coral / "imagenet_labels.txt"
+    )
+    cfg = SamplingConfig.model_validate({"enabled": True, "crop_roi": True})
+    box = SampleOutbox(tmp_path / "samples")
+    sink = SamplingSink(cfg, "test-pi", box, bundle)
+    sink.start()
+    roi = [0.5, 0.0, 0.5, 1.0]
+    tops = {None: [Class(1, "street", 0.6)], roi_key(roi): [Class(2, "red fox", 0.7)]}
+    pixels = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    try:
+        sink.event_frame(
+            "alert_start", "street", "ev-1", Frame(pixels, 1.0, 1.7e9, 7), tops, roi, "red fox"
+        )
+        wait_until(lambda: len(box) == 2, 10, what="the frame and its region")
+    finally:
+        sink.close()
+    (whole, _), (region, jpeg) = sorted(stored(tmp_path), key=lambda s: s[0].roi is not None)
+    assert whole.roi is None and [c.label for c in whole.top] == ["street"]
+    assert region.roi == roi and [c.label for c in region.top] == ["red fox"]
+    assert whole.event_id == region.event_id == "ev-1" and whole.policy == "alert_start"
+    assert decode(jpeg).shape == (60, 40, 3)
