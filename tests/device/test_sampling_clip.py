@@ -248,3 +248,23 @@ def test_alert_frames_of_a_rule_with_a_roi_keep_its_region(tmp_path, test_data, 
     assert region.roi == roi and [c.label for c in region.top] == ["red fox"]
     assert whole.event_id == region.event_id == "ev-1" and whole.policy == "alert_start"
     assert decode(jpeg).shape == (60, 40, 3)
+
+
+def test_samples_pass_the_privacy_guard_and_fail_closed(write_config, tmp_path) -> None:
+    """A camera's mask is blacked out in its samples (and recorded in the sidecar); when face
+    redaction is on and its detector cannot run, no sample is stored at all."""
+    left_half = [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]
+    privacy = {"cameras": {"street": {"masks": [left_half]}}}
+    run(write_config, tmp_path, 5, ONLY_LOW_CONFIDENCE, privacy=privacy)
+    samples = stored(tmp_path)
+    assert len(samples) == 2
+    for meta, jpeg in samples:
+        assert meta.redaction is not None and meta.redaction.masks == 1
+        image = decode(jpeg)
+        assert image[:, : 768 // 2 - 8].max() < 40  # black (JPEG ringing aside)
+        assert image[:, 768 // 2 + 8 :].mean() > 40  # the street
+
+    faces = {"faces": {"enabled": True, "model": str(tmp_path / "missing.tflite")}}
+    metrics = run(write_config, tmp_path / "x", 5, ONLY_LOW_CONFIDENCE, privacy=faces).metrics()
+    assert (metrics["sampling"]["withheld"], metrics["sampling"]["written"]) == (2, 0)
+    assert not list((tmp_path / "x").rglob("*.jpg"))
