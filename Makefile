@@ -10,7 +10,7 @@ NAME ?=
 EXTRA_ARGS ?=
 MODELS_DIR ?= models
 
-.PHONY: help install install-device system-deps models run test lint format bench bench-ingest bench-fleet train convert clean
+.PHONY: help install install-device system-deps models run test lint format bench bench-privacy bench-ingest bench-fleet train convert clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ install-device: $(PY)  ## Raspberry Pi: the light device runtime only (no Tensor
 system-deps:  ## Mosquitto (the MQTT broker the tests and `make run` use) from apt
 	@bash deploy/system-deps.sh
 
-models: $(PY)  ## fetch the reference model, labels and sample clip into models/ (sha256-checked)
+models: $(PY)  ## fetch the reference model, labels, sample clip and face detectors into models/ (sha256-checked)
 	$(PY) -m device.fetch --dest $(MODELS_DIR)
 
 run: $(PY)  ## run the camera loop (Pi camera, USB camera or the sample clip) with the example config
@@ -50,6 +50,11 @@ format: $(PY)  ## ruff autoformat
 bench: $(PY)  ## device loop benchmark on the sample clip with the reference model
 	@test -f $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite || $(MAKE) models
 	$(BIN)/edgecam-device bench --model $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite \
+		--source $(MODELS_DIR)/vtest.avi --frames 300 --threads 2
+
+bench-privacy: $(PY)  ## face redaction: cost per image (short vs full range) and the loop rate with it on and off
+	@test -f $(MODELS_DIR)/face_detection_full_range_sparse.tflite || $(MAKE) models
+	$(BIN)/edgecam-device bench --privacy --model $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite \
 		--source $(MODELS_DIR)/vtest.avi --frames 300 --threads 2
 
 bench-ingest: $(PY)  ## ingest server: uploads/s from 50 simulated devices (50 KB JPEGs), peak RSS
