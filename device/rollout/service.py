@@ -339,9 +339,14 @@ class RolloutService:
         reply: Reply,
     ) -> None:
         old = self._live_status()
-        if self.store.current() is None:  # the first update: keep the config's model as previous
-            self.store.set_link("current", self.store.import_running(self.pipelines[0].classifier))
-        self.store.promote(folder)
+        try:
+            if self.store.current() is None:  # the first update: the config's model -> previous
+                running = self.store.import_running(self.pipelines[0].classifier)
+                self.store.set_link("current", running)
+            self.store.promote(folder)
+        except (EdgecamError, OSError) as exc:
+            why = exc.message if isinstance(exc, EdgecamError) else str(exc)
+            raise RolloutError("promote", f"cannot update the model store: {why}") from None
         self._activate(classifiers)
         removed = self.store.prune()
         if removed:

@@ -170,3 +170,13 @@ def test_fleet_status_usage_and_broker_errors(tmp_path, broker):
     proc = fleet_cli(broker.port)
     assert proc.returncode == 2 and "cannot reach the MQTT broker" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_fleet_view_and_rollout_load_no_tensorflow():
+    code = (
+        "import sys, device.fleet, device.rollout.service, device.rollout.startup\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'training', 'conversion')]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
