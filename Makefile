@@ -9,18 +9,21 @@ RUN ?=
 NAME ?=
 EXTRA_ARGS ?=
 MODELS_DIR ?= models
+HOSTS ?=
+LIMIT ?=
+MODEL ?=
 
-.PHONY: help install install-device system-deps models run test lint format bench bench-privacy bench-ingest bench-fleet train convert clean
+.PHONY: help install install-device system-deps models run test lint format bench bench-privacy bench-ingest bench-fleet train convert deploy test-fleet test-arm64 clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: system-deps $(PY)  ## workstation: venv with device + training + dev tools, and Mosquitto
-	$(BIN)/pip install --quiet -e '.[device,train,dev]'
+	$(BIN)/pip install --quiet -e '.[device,train,dev,deploy]'
 	@echo "installed into $(VENV); try: make models && make run"
 
 install-device: $(PY)  ## Raspberry Pi: the light device runtime only (no TensorFlow)
@@ -38,6 +41,18 @@ run: $(PY)  ## run the camera loop (Pi camera, USB camera or the sample clip) wi
 
 test: $(PY)  ## run the test suite (real Mosquitto, real LiteRT, real training on small data)
 	$(PY) -m pytest -q
+
+test-fleet: $(PY)  ## Ansible rollout against three local sshd "Pis" (about a minute; needs root, openssh-server)
+	$(PY) -m pytest -q -m fleet tests/deploy
+
+test-arm64: $(PY)  ## install.sh twice in a Debian arm64 root under qemu, then classify (many minutes; root)
+	$(PY) -m pytest -q -s -m arm64 tests/deploy
+
+deploy: $(PY)  ## roll out over SSH: make deploy HOSTS=inventory.yml [LIMIT=pi-1,pi-2] [MODEL=bundle]
+	@test -n "$(HOSTS)" || (echo "usage: make deploy HOSTS=inventory.yml [LIMIT=host,...] [MODEL=models/<name>/<variant>]" >&2; exit 2)
+	@test -x $(BIN)/ansible-playbook || $(BIN)/pip install --quiet -e '.[deploy]'
+	ANSIBLE_CONFIG=deploy/ansible/ansible.cfg $(BIN)/ansible-playbook -i '$(HOSTS)' deploy/ansible/site.yml \
+		$(if $(LIMIT),--limit '$(LIMIT)') $(if $(MODEL),-e 'edgecam_model=$(abspath $(MODEL))') $(EXTRA_ARGS)
 
 lint: $(PY)  ## ruff lint + format check
 	$(BIN)/ruff check .
