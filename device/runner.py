@@ -30,6 +30,7 @@ from device.preprocess import limit_opencv_threads
 from device.privacy.guard import PrivacyGuard
 from device.sinks import ConsoleSink, MqttClassificationSink, SinkSet
 from device.sources import check_source
+from device.systemd import Notifier, ServiceWatch
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -100,6 +101,7 @@ class Runner:
         self.publisher: MqttPublisher | None = None
         self.pipelines: list[CameraPipeline] = []
         self._health_changed = threading.Event()
+        self.service = ServiceWatch(Notifier.from_environ())  # systemd: ready, watchdog
         checked = checked or preflight(config)
         classifiers = checked.classifiers
         # every image that leaves (snapshots, samples): masks, faces; fails closed (privacy.md)
@@ -343,8 +345,10 @@ class Runner:
             if time.monotonic() >= next_metrics:
                 self._publish_metrics()
                 next_metrics += interval
+            self.service.tick(self.pipelines)
 
     def shutdown(self) -> None:
+        self.service.stopping()
         self.stop_event.set()
         for p in self.pipelines:
             p.join()
@@ -358,6 +362,7 @@ class Runner:
         self.sinks.close()  # the sampling writer stores what it has queued
         if self.uploader is not None:
             self.uploader.stop()
+        self.service.close()
         log.info("stopped")
 
 
