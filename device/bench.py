@@ -16,6 +16,7 @@ import logging
 import platform
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from device.classifier import Classifier
@@ -69,13 +70,20 @@ class MeasuringSink(Sink):
 
 
 def _loop_phase(
-    classifier: Classifier, source_spec: str, frames: int, k: int, realtime: bool = False
+    classifier: Classifier,
+    source_spec: str,
+    frames: int,
+    k: int,
+    realtime: bool = False,
+    extra: Sequence[Sink] = (),
 ) -> dict[str, Any]:
+    """The shipped loop's figures; ``extra`` sinks run beside the measuring one (the privacy
+    benchmark hands frames to a redacting thread from one)."""
     sink = MeasuringSink()
     camera = CameraConfig(name="bench", source=source_spec, loop=True, realtime=realtime)
     stop = threading.Event()
     pipeline = CameraPipeline(
-        camera, classifier, SinkSet([sink]), stop, top_k=k, max_results=frames
+        camera, classifier, SinkSet([sink, *extra]), stop, top_k=k, max_results=frames
     )
     pipeline.start()
     try:

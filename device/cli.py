@@ -125,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(latest-frame slot: latency stays flat, drops are counted)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument(
+        "--privacy",
+        action="store_true",
+        help="instead: face redaction's cost per image (short vs full range, at the snapshot "
+        "size) and the loop's rate with redacted snapshots made beside it (docs/privacy.md)",
+    )
+    p.add_argument(
+        "--detectors",
+        type=Path,
+        help="with --privacy: the folder with the two face detectors (default: --model's)",
+    )
     redact.add_parser(sub)
     return parser
 
@@ -290,6 +301,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from device.bench import format_report, run_bench
+
+    if args.privacy:
+        from device.privacy.bench import format_privacy_report, run_privacy_bench
+
+        report = run_privacy_bench(
+            model=model_section(args),
+            inference=inference_section(args),
+            source=args.source,
+            detectors=args.detectors or Path(args.model).parent,
+            frames=args.frames,
+        )
+        print(json.dumps(report, indent=2) if args.json else format_privacy_report(report))
+        return 0
 
     report = run_bench(
         model=model_section(args),
