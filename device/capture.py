@@ -9,6 +9,11 @@ Preprocessing (crop, resize, normalise) runs here too, into a small ring of prea
 tensors, so it overlaps with inference of the previous frame. An optional ``mask`` (privacy
 masks with ``mask_inference``, device.privacy) blacks out parts of each frame first, so that
 neither the classifier nor anything after it sees them.
+
+With motion gating or camera health on, the capture thread also makes a small grey copy of each
+frame (device.motion.GreyCopy, of the picture as the camera saw it) and feeds it to the camera's
+health monitor (device.health) and motion gate (device.motion): a frame the gate skips is
+neither preprocessed nor handed to inference; it costs its decoding and the grey copy only.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from device.errors import SourceError
 from device.sources.base import Frame, FrameSource
 from device.supervision import OUTAGE_REMINDER_S
+
+if TYPE_CHECKING:
+    from device.health import HealthMonitor
+    from device.motion import MotionGate
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,7 @@ class Captured:
     frame: Frame
     tensor: np.ndarray
     ready_mono: float  # when preprocessing finished
+    reason: str = "always"  # why it is classified: always, or the motion gate's reason
 
 
 class FrameSlot:
@@ -127,6 +138,8 @@ class CaptureThread(threading.Thread):
         first_index: int = 0,
         on_state: Callable[[str], None] | None = None,
         mask: Callable[[np.ndarray], np.ndarray] | None = None,
+        gate: MotionGate | None = None,
+        health: HealthMonitor | None = None,
     ):
         super().__init__(name=f"capture-{name}", daemon=True)
         self.source = source
@@ -148,6 +161,14 @@ class CaptureThread(threading.Thread):
         self.finished = threading.Event()
         self._on_state = on_state or (lambda state: None)
         self._outage: _Outage | None = None
+        self.gate = gate
+        self.health = health
+        self._grey = None
+        self._video_dt: float | None = None
+        if gate is not None or health is not None:
+            from device.motion import GreyCopy
+
+            self._grey = GreyCopy()
 
     @property
     def dropped(self) -> int:
@@ -175,6 +196,8 @@ class CaptureThread(threading.Thread):
             self._on_state("running")
         fps = self.source.fps
         interval = 1.0 / fps if (self.realtime and not self.source.live and fps) else 0.0
+        # the gate's and health's clock: capture time, or the position in a file read unpaced
+        self._video_dt = 1.0 / fps if (fps and not self.realtime) else None
         next_due = time.monotonic()
         since_rewind = 0
         while not self.stop_event.is_set():
@@ -207,17 +230,21 @@ class CaptureThread(threading.Thread):
             if self._outage is not None:
                 self._recovered()
             now_mono, now_wall = time.monotonic(), time.time()
-            if self.mask is not None:
-                pixels = self.mask(pixels)
-            frame = Frame(pixels, now_mono, now_wall, self.first_index + self.frames)
+            index = self.first_index + self.frames
             self.frames += 1
-            buffer = self._take_buffer()
-            if buffer is None:
-                return
-            tensor = self.prepare(pixels, buffer)
-            displaced = self.slot.put(Captured(frame, tensor, time.monotonic()))
-            if displaced is not None:
-                self._free.put(displaced.tensor)
+            reason = self._inspect(pixels, index, now_mono)
+            if reason is not None:
+                pixels = self.source.to_rgb(pixels)
+                if self.mask is not None:
+                    pixels = self.mask(pixels)
+                frame = Frame(pixels, now_mono, now_wall, index, self.source.full_res())
+                buffer = self._take_buffer()
+                if buffer is None:
+                    return
+                tensor = self.prepare(pixels, buffer)
+                displaced = self.slot.put(Captured(frame, tensor, time.monotonic(), reason))
+                if displaced is not None:
+                    self._free.put(displaced.tensor)
             if interval:
                 next_due += interval
                 delay = next_due - time.monotonic()
@@ -226,13 +253,24 @@ class CaptureThread(threading.Thread):
                 else:
                     next_due = time.monotonic()
 
+    def _inspect(self, pixels: np.ndarray, index: int, now_mono: float) -> str | None:
+        """Camera health and the motion gate on the grey copy of ``pixels`` (still in the
+        source's channel order): why the frame is classified, or None when the gate skips it."""
+        if self._grey is None:
+            return "always"
+        grey = self._grey.update(pixels, self.source.native_order)
+        t = index * self._video_dt if self._video_dt else now_mono
+        if self.health is not None:
+            self.health.observe(grey, t)
+        return self.gate.decide(grey, t) if self.gate is not None else "always"
+
     def _next_pixels(self, since_rewind: int) -> np.ndarray | None:
         """The next frame; at the end of a looping file, rewind it (None: it just rewound).
 
         SourceError when the source is lost, or when a whole pass delivered no frame (so a
         folder of unreadable images is retried with backoff instead of spun on).
         """
-        pixels = self.source.read()
+        pixels = self.source.read_native()  # converted to RGB only when classified
         if pixels is not None or self.source.live or not self.loop:
             return pixels
         if since_rewind == 0:

@@ -32,7 +32,9 @@ from device.commands import CommandsConfig
 from device.errors import ConfigError
 from device.files import read_text
 from device.geometry import Roi
+from device.health import HealthConfig
 from device.manifest import CROP_MODES, RESIZE_FILTERS
+from device.motion import MotionConfig
 from device.names import CameraName, DeviceId, check_unique
 from device.sampling.config import SamplingConfig
 from device.privacy.config import PrivacyConfig, check_cameras
@@ -143,6 +145,16 @@ class CameraConfig(Section):
     )
     reconnect_max_s: float = Field(
         30.0, gt=0, description="Longest wait between reconnects to a lost camera."
+    )
+    motion: MotionConfig = Field(
+        default_factory=MotionConfig,
+        description="Motion-gated inference: classify only frames where something moved "
+        "(docs/operations.md#motion-gating).",
+    )
+    health: HealthConfig = Field(
+        default_factory=HealthConfig,
+        description="Camera health: dark, bright, covered, blurred, frozen, no frames "
+        "(docs/operations.md#camera-health).",
     )
 
 

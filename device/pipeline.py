@@ -11,6 +11,7 @@ failing is given up (``failed``), and the runner then exits non-zero.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +23,11 @@ from device.capture import CaptureThread
 from device.classifier import Classifier
 from device.config import CameraConfig
 from device.errors import EdgecamError
+from device.health import HealthMonitor, HealthSink
 from device.metrics import CameraStats
+from device.motion import MotionGate
 from device.sinks import Result, SinkSet
-from device.sources import open_source
+from device.sources import FrameSource, open_source
 from device.supervision import (
     Backoff,
     CameraHealth,
@@ -62,6 +65,9 @@ class CameraPipeline:
         rebuild: Callable[[], Classifier] | None = None,
         on_change: Callable[[CameraPipeline], None] | None = None,
         frame_mask: Callable[[np.ndarray], np.ndarray] | None = None,
+        event_active: Callable[[str], bool] | None = None,
+        health_sink: HealthSink | None = None,
+        device_id: str = "",
     ):
         self.camera = camera
         self.frame_mask = frame_mask  # privacy masks before classification (mask_inference)
@@ -76,13 +82,22 @@ class CameraPipeline:
         self.on_change = on_change or (lambda pipeline: None)
         self.stats = CameraStats()
         self.health = CameraHealth()
-        self.source = open_source(
-            camera.source, width=camera.width, height=camera.height, fps=camera.fps
-        )
+        self.source = self._open_source()
         if not self.source.live and not self.source.is_open:
             # a file or folder that cannot be read is a config error: say so at start
             self.source.open()
         log.info("camera %s: %s", camera.name, self.source.describe())
+        # motion gating and camera health (device.motion, device.health): the capture thread
+        # feeds them the small grey copy of each frame
+        self.gate: MotionGate | None = None
+        if camera.motion.enabled:
+            active = event_active or (lambda name: False)
+            self.gate = MotionGate(camera.motion, lambda: active(camera.name))
+        self.image_health: HealthMonitor | None = None
+        if camera.health.enabled:
+            self.image_health = HealthMonitor(
+                camera.name, camera.health, health_sink, device_id=device_id, live=self.source.live
+            )
         self._attempt: _Attempt | None = None
         self._totals = {"frames": 0, "dropped": 0, "reconnects": 0}
         self._logged: set[type[BaseException]] = set()
@@ -98,6 +113,8 @@ class CameraPipeline:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.stats = CameraStats()
+        if self.image_health is not None:
+            self.image_health.publish_initial()  # retained "ok" until a problem is raised
         self.thread.start()
 
     def join(self, timeout: float = 5.0) -> None:
@@ -106,10 +123,28 @@ class CameraPipeline:
         if attempt is not None:
             attempt.capture.stop()
         self.thread.join(timeout)
+        if self.image_health is not None:
+            self.image_health.stop()  # end raised health problems (reason "stopped")
 
     def close(self) -> None:
         """Release the source of a pipeline that was never started."""
         self.source.close()
+
+    def _open_source(self) -> FrameSource:
+        """The camera's source; a camera without a configured size captures at the smallest
+        size at or above the model's input (enlarged for the camera's roi)."""
+        cam = self.camera
+        pre = self.classifier.preprocessor
+        roi_w, roi_h = (cam.roi[2], cam.roi[3]) if cam.roi else (1.0, 1.0)
+        need = (math.ceil(pre.width / roi_w), math.ceil(pre.height / roi_h))
+        return open_source(
+            cam.source, width=cam.width, height=cam.height, fps=cam.fps, min_size=need
+        )
+
+    def check_health(self) -> None:
+        """Camera health's time-based check (frames still coming); the runner's loop calls it."""
+        if self.image_health is not None:
+            self.image_health.tick(self.health.state)
 
     # -- supervision -------------------------------------------------------------------------
     def _set_state(self, state: str) -> None:
@@ -202,6 +237,8 @@ class CameraPipeline:
             first_index=self._totals["frames"],
             on_state=self._set_state,
             mask=self.frame_mask,
+            gate=self.gate,
+            health=self.image_health,
         )
         attempt = _Attempt(capture)
         self._attempt = attempt
@@ -220,12 +257,7 @@ class CameraPipeline:
             log.warning(
                 "camera %s: capture thread did not stop; opening a new source", self.camera.name
             )
-            self.source = open_source(
-                self.camera.source,
-                width=self.camera.width,
-                height=self.camera.height,
-                fps=self.camera.fps,
-            )
+            self.source = self._open_source()
         self._attempt = None
         for key in self._totals:
             self._totals[key] += getattr(capture, key)
@@ -276,4 +308,8 @@ class CameraPipeline:
             for key, total in self._totals.items()
         }
         snap.update(counts, source=self.source.describe(), **self.health.snapshot())
+        if self.gate is not None:
+            snap["motion"] = self.gate.metrics()
+        if self.image_health is not None:
+            snap["health"] = self.image_health.metrics()
         return snap

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from device.alerts.service import AlertService
     from device.commands import CommandDispatcher
+    from device.health import HealthSink
     from device.sampling.sink import SamplingSink
     from device.upload.outbox import SampleOutbox
     from device.upload.uploader import Uploader
@@ -150,6 +151,9 @@ class Runner:
                         rebuild=self._rebuilder(cam.roi),
                         on_change=self._camera_changed,
                         frame_mask=self.privacy.inference_mask(cam.name),
+                        event_active=self.alerts.event_active if self.alerts else None,
+                        health_sink=self._health_sink(),
+                        device_id=config.device_id,
                     )
                 )
         except Exception:
@@ -187,6 +191,16 @@ class Runner:
 
             self.uploader = Uploader(config.upload, self.samples, token)
 
+    def _health_sink(self) -> HealthSink | None:
+        """Where camera health goes: the alert outbox, else straight to MQTT, else the log."""
+        if self.alerts is not None:
+            return self.alerts
+        if self.publisher is not None:
+            from device.health import DirectHealthSink
+
+            return DirectHealthSink(self.publisher)
+        return None
+
     def _rebuilder(self, roi: Sequence[float] | None):
         config = self.config
         return lambda: build_classifier(config.model, config.inference, roi)
@@ -217,6 +231,7 @@ class Runner:
             version=__version__,
             model_name=first.bundle.name,
             model_ref=first.bundle.ref,
+            health_cameras=[c.name for c in config.cameras if c.health.enabled],
         )
         alerts = AlertService(config.alerts, context, self.publisher, roi_classifier, self.privacy)
         if self.publisher is not None:
@@ -346,6 +361,8 @@ class Runner:
                 self._publish_metrics()
                 next_metrics += interval
             self.service.tick(self.pipelines)
+            for p in self.pipelines:
+                p.check_health()  # frames still coming (device.health)
 
     def shutdown(self) -> None:
         self.service.stopping()

@@ -19,7 +19,8 @@ What the device tells systemd (``ServiceWatch``, fed from the runner's main loop
   network camera back, and the supervision already retries it) unless the camera was restarted
   since its last result (a thread died), and cameras that ended (a file without ``loop``).
   The runner's own loop stopping stops the pings too.
-- ``STATUS=`` a line with each camera's fps or state (``systemctl status edgecam-device``).
+- ``STATUS=`` a line with each camera's fps or state and the model (``<name>@<sha12>``), shown
+  by ``systemctl status edgecam-device``.
 - ``STOPPING=1`` when the device starts to shut down.
 """
 
@@ -205,7 +206,8 @@ class ServiceWatch:
                 parts.append(f"{p.camera.name} {p.stats.snapshot()['fps']:.1f} fps")
             else:
                 parts.append(f"{p.camera.name} {state}")
-        return "classifying: " + ", ".join(parts)
+        model = pipelines[0].classifier.bundle.ref if pipelines else "?"
+        return f"classifying: {', '.join(parts)}; model {model}"
 
     def stopping(self) -> None:
         self.notifier.send("STOPPING=1", "STATUS=stopping")

@@ -9,7 +9,10 @@ retained config, which removes its entity. Entities (keys as in HA's MQTT integr
   attributes: event_id, label, score, ts);
 - ``sensor`` per camera: the current top label, and its score in % (from ``classification``);
 - ``image`` per camera: the last snapshot (JPEG bytes on ``<camera>/snapshot``, subscribed at
-  QoS 1 like the other entities).
+  QoS 1 like the other entities);
+- ``binary_sensor`` with ``device_class: problem`` per camera whose health is watched
+  (device.health): on while the retained ``<camera>/health`` says ``problem``; its attributes
+  name the problems (dark, bright, covered, blurred, frozen, no_frames).
 
 Every entity is tied to the device block and takes its availability from the retained
 ``status`` topic (JSON; ``availability_template`` picks ``state``: online / offline).
@@ -125,12 +128,34 @@ class Discovery:
         )
         return out
 
+    def health_config(self, camera: str) -> tuple[str, dict[str, Any]]:
+        """The camera's health problem sensor (``device_class: problem``)."""
+        health = self.topics.camera(camera, "health")
+        return self._config(
+            "binary_sensor",
+            f"{camera}_health",
+            f"{camera} camera problem",
+            state_topic=health,
+            value_template="{{ value_json.state }}",
+            payload_on="problem",
+            payload_off="ok",
+            json_attributes_topic=health,
+            device_class="problem",
+            entity_category="diagnostic",
+            qos=1,
+        )
+
     def configs(
-        self, cameras: Sequence[str], rules_by_camera: dict[str, list[RuleConfig]]
+        self,
+        cameras: Sequence[str],
+        rules_by_camera: dict[str, list[RuleConfig]],
+        health_cameras: Sequence[str] = (),
     ) -> list[tuple[str, dict[str, Any]]]:
         out = []
         for cam in cameras:
             out.extend(self.camera_configs(cam))
+            if cam in health_cameras:
+                out.append(self.health_config(cam))
             for rule in rules_by_camera.get(cam, []):
                 out.append(self.rule_config(cam, rule))
         return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -55,4 +55,14 @@ class SnapshotJob:
     reply: Reply
 
 
-Job = TransitionJob | StatesJob | RecoverJob | SnapshotJob
+@dataclass(frozen=True)
+class HealthJob:
+    """A camera's health changed (device.health): its retained state, and the health event
+    (start or end, on the alert topic) when there is one."""
+
+    camera: str
+    state: dict[str, Any]
+    event: dict[str, Any] | None = None
+
+
+Job = TransitionJob | StatesJob | RecoverJob | SnapshotJob | HealthJob

@@ -20,7 +20,7 @@ from typing import Any
 from device.alerts.config import AlertsConfig
 from device.alerts.forwarder import Forwarder, Publisher
 from device.alerts.homeassistant import Discovery
-from device.alerts.jobs import RecoverJob, StatesJob
+from device.alerts.jobs import HealthJob, RecoverJob, StatesJob
 from device.alerts.outbox import Outbox
 from device.alerts.rules import check_rules
 from device.alerts.snapshots import SnapshotStore
@@ -46,6 +46,7 @@ class AlertContext:
     version: str = ""
     model_name: str = ""
     model_ref: str | None = None
+    health_cameras: Sequence[str] = ()  # cameras whose health is watched (device.health)
 
 
 class AlertService(Sink):
@@ -135,6 +136,16 @@ class AlertService(Sink):
     def handle(self, result: Result) -> None:
         self.stepper.handle(result.camera, result.frame, result.top)
 
+    def event_active(self, camera: str) -> bool:
+        """An event is active on ``camera`` (motion gating keeps classifying every frame)."""
+        return self.stepper.event_active(camera)
+
+    # -- camera health (device.health): through the outbox, like alert events ------------------
+    def publish_health(
+        self, camera: str, state: dict[str, Any], event: dict[str, Any] | None
+    ) -> None:
+        self.worker.put(HealthJob(camera, state, event))
+
     # -- MQTT: connect, discovery ------------------------------------------------------------------
     def _on_connect(self) -> None:  # paho's network thread
         self.forwarder.on_connect()
@@ -145,7 +156,9 @@ class AlertService(Sink):
     def publish_discovery(self) -> None:
         if self.discovery is None:
             return
-        configs = self.discovery.configs(self.cameras, self.stepper.rules_by_camera())
+        configs = self.discovery.configs(
+            self.cameras, self.stepper.rules_by_camera(), self.ctx.health_cameras
+        )
         topics = {t for t, _ in configs}
         with self._discovery_lock:
             for gone in sorted(self._published_configs - topics):

@@ -117,7 +117,7 @@ class RuleStepper:
             return
         tops: dict[RoiKey, Any] = {None: top}
         for key, clf in self._rois.get(camera, {}).items():
-            roi_top, _ms = clf.classify(frame.pixels, k=self.top_k)
+            roi_top, _ms = clf.classify(frame.full_pixels, k=self.top_k)
             tops[key] = roi_top
         with self.lock:
             self._tops[camera] = tops
@@ -150,6 +150,12 @@ class RuleStepper:
     def latest(self, camera: str) -> Frame | None:
         return self._latest.get(camera)
 
+    def event_active(self, camera: str) -> bool:
+        """True while an event of any rule is active on ``camera`` (motion gating asks, from
+        the capture thread, to keep classifying every frame until it ends)."""
+        with self.lock:
+            return any(cam == camera for cam, _ in self._active)
+
     def _track_best(self, cam: str, frame: Frame) -> None:
         """Keep a copy of the pixels of each active event's best frame (seen since its start)."""
         for (c, name), active in self._active.items():
@@ -159,7 +165,7 @@ class RuleStepper:
             if tracker is None or tracker.peak is None or tracker.peak.frame != frame.index:
                 continue
             if tracker.peak.score > active.best_score and active.event.best_frame != frame.index:
-                active.best_pixels = frame.pixels.copy()
+                active.best_pixels = frame.full_pixels.copy()
                 active.best_score = tracker.peak.score
                 active.best_tops = self._tops.get(cam)
                 active.best_ts = (frame.ts_mono, frame.ts_wall)
@@ -176,7 +182,7 @@ class RuleStepper:
             event = AlertEvent(new_event_id(tr.obs.ts_wall), cam, name, tr.obs, tr.first or tr.obs)
             active = _Active(event)
             if frame is not None:
-                pixels = frame.pixels.copy()
+                pixels = frame.full_pixels.copy()
                 active.best_pixels = pixels
                 active.best_score = tr.obs.score
                 active.best_tops = self._tops.get(cam)

@@ -18,7 +18,14 @@ from typing import Any
 
 from device.alerts.events import off_state
 from device.alerts.forwarder import Forwarder, Publisher
-from device.alerts.jobs import Job, RecoverJob, SnapshotJob, StatesJob, TransitionJob
+from device.alerts.jobs import (
+    HealthJob,
+    Job,
+    RecoverJob,
+    SnapshotJob,
+    StatesJob,
+    TransitionJob,
+)
 from device.alerts.outbox import Message, Outbox, OutboxError
 from device.alerts.snapshots import Snapshot, SnapshotStore
 from device.alerts.stepper import RuleStepper
@@ -79,6 +86,7 @@ class AlertWorker:
             StatesJob: self._states,
             RecoverJob: self._recover,
             SnapshotJob: self._snapshot,
+            HealthJob: self._health,
         }
 
     def put(self, job: Job) -> None:
@@ -175,10 +183,27 @@ class AlertWorker:
             )
             camera, rule = last.get("camera", ""), last.get("rule", "")
             log.info("alerts: ending event %s left open by an earlier run", event_id)
-            self.delivery.send(
-                [self.alert_message(camera, last), self.state_message(camera, rule, off_state(now))]
-            )
+            messages = [self.alert_message(camera, last)]
+            if last.get("kind") != "health":  # health has its own state topic, sent at start
+                messages.append(self.state_message(camera, rule, off_state(now)))
+            self.delivery.send(messages)
             self.outbox.set_open_event(event_id, None)
+
+    def _health(self, job: HealthJob) -> None:
+        """A camera's health (retained, the newest replaces an undelivered older one) and its
+        health event; an open health event is recorded like a rule's, so a crash ends it."""
+        topic = self.topics.camera(job.camera, "health")
+        messages = [Message(topic, to_json(job.state), "health", qos=1, retain=True, key=topic)]
+        event = job.event
+        if event is not None:
+            messages.append(self.alert_message(job.camera, event))
+        self.delivery.send(messages)
+        if event is not None:
+            try:
+                data = None if event["type"] == "end" else json.dumps(event)
+                self.outbox.set_open_event(event["event_id"], data)
+            except (OutboxError, OSError, sqlite3.Error) as exc:
+                log.warning("alerts: cannot record the open event %s: %s", event["event_id"], exc)
 
     def _states(self, job: StatesJob) -> None:
         """Every rule's current state (retained): HA is right after a restart or outage."""
@@ -193,7 +218,7 @@ class AlertWorker:
                 continue
             ms = round(frame.ts_wall * 1000) % 1000
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(frame.ts_wall)) + f"{ms:03d}Z"
-            snap, redaction = self._save(cam, f"{cam}/{stamp}-manual.jpg", frame.pixels.copy())
+            snap, redaction = self._save(cam, f"{cam}/{stamp}-manual.jpg", frame.full_pixels.copy())
             if snap is None:
                 if redaction is not None:
                     withheld[cam] = redaction["withheld"]

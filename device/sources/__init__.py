@@ -87,24 +87,27 @@ def open_source(
     width: int | None = None,
     height: int | None = None,
     fps: float | None = None,
+    min_size: tuple[int, int] | None = None,
 ) -> FrameSource:
     """Build the source that ``spec`` names; see CameraConfig.source.
 
-    The source is not opened, except a USB camera that ``auto`` had to open to probe it:
-    that one comes back open (``is_open``), so that the camera is opened once.
+    ``min_size`` (width, height) is what the model needs: a camera without a configured size
+    captures at the smallest size at or above it (a USB camera's mode, the Pi camera's
+    ISP-scaled stream). The source is not opened, except a USB camera that ``auto`` had to open
+    to probe it: that one comes back open (``is_open``), so that the camera is opened once.
     """
     spec = str(spec).strip()
     kind = check_source(spec)
     if kind == "auto":
-        return _auto_source(width, height, fps)
+        return _auto_source(width, height, fps, min_size)
     if kind == "picamera2":
         from device.sources.picamera import Picamera2Source, picamera2_cameras
 
         picamera2_cameras()  # picamera2 missing is a setup error to fix, not a camera to wait for
         index = int(spec.split(":", 1)[1]) if ":" in spec else 0
-        return Picamera2Source(index, width=width, height=height, fps=fps)
+        return Picamera2Source(index, width=width, height=height, fps=fps, min_size=min_size)
     if kind == "camera":
-        return OpenCVSource(int(spec), width=width, height=height, fps=fps)
+        return OpenCVSource(int(spec), width=width, height=height, fps=fps, min_size=min_size)
     if kind == "stream":
         return OpenCVSource(spec, fps=fps)
     if kind == "folder":
@@ -112,18 +115,20 @@ def open_source(
     return OpenCVSource(spec, fps=fps)
 
 
-def _auto_source(width: int | None, height: int | None, fps: float | None) -> FrameSource:
+def _auto_source(
+    width: int | None, height: int | None, fps: float | None, min_size: tuple[int, int] | None
+) -> FrameSource:
     """The Pi camera, else the first USB camera, else the sample clip."""
     try:
         from device.sources.picamera import Picamera2Source, picamera2_cameras
 
         if picamera2_cameras():
             log.info("auto source: Pi camera")
-            return Picamera2Source(0, width=width, height=height, fps=fps)
+            return Picamera2Source(0, width=width, height=height, fps=fps, min_size=min_size)
     except SourceError:
         pass  # picamera2 not installed: not a Pi, or not set up; try USB cameras
     if os.path.exists("/dev/video0"):
-        source = OpenCVSource(0, width=width, height=height, fps=fps)
+        source = OpenCVSource(0, width=width, height=height, fps=fps, min_size=min_size)
         try:
             source.open()
         except SourceError:

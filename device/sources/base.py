@@ -11,12 +11,23 @@ import numpy as np
 
 @dataclass
 class Frame:
-    """One captured frame: RGB pixels, capture time (monotonic and wall clock), index."""
+    """One captured frame: RGB pixels, capture time (monotonic and wall clock), index.
+
+    ``full`` is the full-resolution picture when ``pixels`` is a smaller stream scaled for the
+    model (the Pi camera's ISP-scaled low-resolution stream): snapshots and samples use
+    ``full_pixels``, the classifier ``pixels``.
+    """
 
     pixels: np.ndarray  # HxWx3 uint8 RGB
     ts_mono: float  # time.monotonic() at capture
     ts_wall: float  # time.time() at capture
     index: int
+    full: np.ndarray | None = None  # HxWx3 uint8 RGB, or None: pixels is the full picture
+
+    @property
+    def full_pixels(self) -> np.ndarray:
+        """The largest picture of this frame: ``full`` when there is one, else ``pixels``."""
+        return self.pixels if self.full is None else self.full
 
 
 class FrameSource(ABC):
@@ -28,6 +39,8 @@ class FrameSource(ABC):
     """
 
     live: bool = False
+    # The channel order ``read_native`` delivers (OpenCV decodes to BGR); ``to_rgb`` converts.
+    native_order: str = "RGB"
     # A file standing in for a camera (the sample clip picked by `auto`): paced at its frame
     # rate and looped, like a camera.
     stand_in: bool = False
@@ -43,6 +56,21 @@ class FrameSource(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the device or file (idempotent)."""
+
+    def read_native(self) -> np.ndarray | None:
+        """The next frame in ``native_order``, before any colour conversion: the capture thread
+        converts (``to_rgb``) only the frames it classifies, not those motion gating skips."""
+        return self.read()
+
+    def to_rgb(self, pixels: np.ndarray) -> np.ndarray:
+        """A frame from ``read_native`` as RGB (in place where a conversion is needed)."""
+        return pixels
+
+    def full_res(self) -> np.ndarray | None:
+        """The full-resolution picture of the last ``read()`` when that returned a copy scaled
+        for the model (the Pi camera's main stream beside its low-resolution one); None when
+        ``read()`` returned the full picture."""
+        return None
 
     @property
     def is_open(self) -> bool:

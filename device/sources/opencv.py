@@ -1,4 +1,10 @@
-"""OpenCV sources: USB camera index, video file, RTSP / HTTP stream."""
+"""OpenCV sources: USB camera index, video file, RTSP / HTTP stream.
+
+A USB camera whose ``width``/``height`` the config leaves unset is asked for the smallest of the
+usual UVC modes at or above ``min_size`` (the model's input, enlarged for a region of interest):
+decoding, colour conversion and resizing then work on as few pixels as the model needs. V4L2
+grants the nearest mode it has, so each candidate is read back; the mode granted is logged.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,34 @@ if "OPENCV_LOG_LEVEL" not in os.environ:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
+# Frame sizes UVC cameras commonly offer (width, height), smallest first.
+CAMERA_MODES = sorted(
+    [
+        (160, 120),
+        (176, 144),
+        (320, 180),
+        (320, 240),
+        (352, 288),
+        (424, 240),
+        (640, 360),
+        (640, 480),
+        (800, 448),
+        (800, 600),
+        (848, 480),
+        (960, 540),
+        (1024, 576),
+        (1280, 720),
+        (1280, 960),
+        (1600, 1200),
+        (1920, 1080),
+    ],
+    key=lambda m: (m[0] * m[1], m[0]),
+)
+
+
 class OpenCVSource(FrameSource):
+    native_order = "BGR"  # what OpenCV decodes to; read() converts, read_native() does not
+
     def __init__(
         self,
         spec: int | str,
@@ -32,10 +65,13 @@ class OpenCVSource(FrameSource):
         width: int | None = None,
         height: int | None = None,
         fps: float | None = None,
+        min_size: tuple[int, int] | None = None,
     ):
         self.spec = spec
         self.width = width
         self.height = height
+        self.min_size = min_size  # (width, height) the model needs; for cameras without a size
+        self.granted: tuple[int, int] | None = None  # the camera's mode, once open
         self.requested_fps = fps
         self.is_file = isinstance(spec, str) and "://" not in spec
         self.live = not self.is_file
@@ -69,8 +105,16 @@ class OpenCVSource(FrameSource):
             raise SourceError(self._open_failure())
         if isinstance(self.spec, int):
             if self.width and self.height:
-                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
-                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+                self.granted = _set_mode(cap, self.width, self.height)
+                log.info(
+                    "%s: asked for %dx%d (cameras[].width/height), got %dx%d",
+                    self.describe(),
+                    self.width,
+                    self.height,
+                    *self.granted,
+                )
+            elif self.min_size:
+                self.granted = self._smallest_mode(cap, *self.min_size)
             if self.requested_fps:
                 cap.set(cv2.CAP_PROP_FPS, self.requested_fps)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
@@ -86,6 +130,39 @@ class OpenCVSource(FrameSource):
         self.frame_count = count if count > 0 else None
         log.debug("opened %s (%s fps)", self.describe(), self._fps)
 
+    def _smallest_mode(self, cap: cv2.VideoCapture, need_w: int, need_h: int) -> tuple[int, int]:
+        """Ask for each usual mode at or above (need_w, need_h), smallest first, until the camera
+        grants one that is; the camera's default when none is (logged either way)."""
+        default = _current_mode(cap)
+        for w, h in CAMERA_MODES:
+            if w < need_w or h < need_h:
+                continue
+            if default[0] * default[1] <= w * h and default[0] >= need_w and default[1] >= need_h:
+                granted = default  # the camera's own mode is already as small
+                break
+            granted = _set_mode(cap, w, h)
+            if granted[0] >= need_w and granted[1] >= need_h:
+                break
+        else:
+            granted = _set_mode(cap, *default)
+            log.warning(
+                "%s: offers no mode of at least %dx%d (the model's input); using %dx%d",
+                self.describe(),
+                need_w,
+                need_h,
+                *granted,
+            )
+            return granted
+        log.info(
+            "%s: capturing at %dx%d, the smallest mode at or above %dx%d (the model's input; "
+            "set cameras[].width/height for larger snapshots)",
+            self.describe(),
+            *granted,
+            need_w,
+            need_h,
+        )
+        return granted
+
     def _open_failure(self, read: bool = False) -> str:
         what = self.describe()
         if isinstance(self.spec, int):
@@ -99,15 +176,22 @@ class OpenCVSource(FrameSource):
         return f"cannot open {what}: check the URL, credentials and that the camera is reachable"
 
     def read(self) -> np.ndarray | None:
+        bgr = self.read_native()
+        return None if bgr is None else self.to_rgb(bgr)
+
+    def read_native(self) -> np.ndarray | None:
+        """The next frame as OpenCV decodes it (BGR)."""
         if self._cap is None:
             return None
         if self._first is not None:
             bgr, self._first = self._first, None
-        else:
-            ok, bgr = self._cap.read()
-            if not ok or bgr is None:
-                return None
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            return bgr
+        ok, bgr = self._cap.read()
+        return bgr if ok else None
+
+    def to_rgb(self, pixels: np.ndarray) -> np.ndarray:
+        # swapped in place: one array per frame, not two
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB, dst=pixels)
 
     def rewind(self) -> bool:
         if self._cap is not None and self.is_file and self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
@@ -118,6 +202,17 @@ class OpenCVSource(FrameSource):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def _current_mode(cap: cv2.VideoCapture) -> tuple[int, int]:
+    return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+
+
+def _set_mode(cap: cv2.VideoCapture, width: int, height: int) -> tuple[int, int]:
+    """Ask the camera for a frame size; the size it granted (V4L2 picks its nearest mode)."""
+    cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+    cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+    return _current_mode(cap)
 
 
 def redact_url(url: str) -> str:

@@ -41,7 +41,7 @@ from device.inference import InferenceBackend
 from device.sources.opencv import OpenCVSource
 
 mode, marks = os.environ["INJECT"], Path(os.environ["MARKS"])
-invoke, read = InferenceBackend.invoke, OpenCVSource.read
+invoke = InferenceBackend.invoke
 calls = {"invoke": 0, "read": 0}
 
 def gated_invoke(self):
@@ -52,12 +52,14 @@ def gated_invoke(self):
             time.sleep(0.02)
     return invoke(self)
 
-def blocking_read(self):
-    calls["read"] += 1
-    if calls["read"] > 15:
-        (marks / "blocked").touch()
-        threading.Event().wait()  # a camera stuck in a read that never returns
-    return read(self)
+def blocking(read):
+    def blocking_read(self):
+        calls["read"] += 1
+        if calls["read"] > 15:
+            (marks / "blocked").touch()
+            threading.Event().wait()  # a camera stuck in a read that never returns
+        return read(self)
+    return blocking_read
 
 def failing_invoke(self):
     calls["invoke"] += 1
@@ -67,7 +69,10 @@ def failing_invoke(self):
     return invoke(self)
 
 if mode == "stall":
-    InferenceBackend.invoke, OpenCVSource.read = gated_invoke, blocking_read
+    InferenceBackend.invoke = gated_invoke
+    for name in ("read", "read_native"):  # whichever the capture thread calls
+        if hasattr(OpenCVSource, name):
+            setattr(OpenCVSource, name, blocking(getattr(OpenCVSource, name)))
 elif mode == "raise":
     InferenceBackend.invoke = failing_invoke
 sys.exit(device.cli.main(sys.argv[1:]))
@@ -260,7 +265,7 @@ def test_device_ready_after_first_result_pings_while_classifying_stopping_on_sig
     seen = _results(tmp_path)
     listener.wait_for(lambda ms: sum(m == "WATCHDOG=1" for _, m in ms[ready:]) >= 4)
     assert _results(tmp_path) > seen
-    fps = re.compile(r"STATUS=classifying: street \d+\.\d fps")
+    fps = re.compile(r"STATUS=classifying: street \d+\.\d fps; model mobilenet\S*@7aad0c74c5e3")
     listener.wait_for(lambda ms: any(fps.fullmatch(m) for _, m in ms[ready + 1 :]))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
