@@ -1,5 +1,6 @@
 """``edgecam-train``: check, split, train and evaluate image classifiers; serve the ingest
-server that receives field samples (``serve``, ``token``).
+server that receives field samples (``serve``, ``token``) and its review page (``reviewer``);
+merge reviewed samples into a dataset and retrain (``merge``, ``purge``, ``retrain``).
 
 Errors caused by data, files or options print one line on stderr and exit with status 2;
 ``check`` exits with 1 when it leaves errors in the data; an interrupted ``train`` exits with
@@ -19,6 +20,7 @@ from typing import Any
 from device.cliapp import EXIT_FAILURE, EXIT_OK, CliApp
 from training.errors import TrainingError
 from training.ingest import cli as ingest_commands
+from training.review import cli as review_commands
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", choices=["none", "horizontal", "vertical", "horizontal_and_vertical"])
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     p.add_argument("--baselines", action="store_true", default=None, help="add k-NN/SVM baselines")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="RUN",
+        help="start from a finished run's weights (fine-tuning; classes matched by label)",
+    )
 
     p = sub.add_parser("evaluate", help="evaluate a run on its test split (report.json + figures)")
     p.add_argument("run", type=Path, help="run folder (runs/<name>)")
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
 
     ingest_commands.add_parsers(sub)  # serve, token add|list|revoke
+    review_commands.add_parsers(sub)  # reviewer, purge, merge, retrain
     return parser
 
 
@@ -205,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "augment.enabled": False if args.no_augment else None,
         }
     config = build_config(file_values, overrides, source)
-    result = train(args.data, config, run_dir, resume=args.resume)
+    result = train(args.data, config, run_dir, resume=args.resume, init_from=args.init_from)
     _print_report(result.report)
     print(f"run folder: {result.run_dir}")
     return 0
@@ -239,6 +248,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     **ingest_commands.COMMANDS,
+    **review_commands.COMMANDS,
 }
 
 

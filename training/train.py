@@ -94,8 +94,12 @@ def train(
     config: TrainConfig,
     run_dir: Path,
     resume: bool = False,
+    init_from: Path | None = None,
 ) -> TrainResult:
-    """Train and evaluate; everything lands in ``run_dir`` (see training.runfolder)."""
+    """Train and evaluate; everything lands in ``run_dir`` (see training.runfolder).
+
+    ``init_from``: a finished run whose weights the new model starts from (fine-tuning on a
+    grown dataset, :mod:`training.warmstart`); its backbone is not downloaded again."""
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir).resolve()
     config = config.resolved()
@@ -106,15 +110,22 @@ def train(
 
     import_tf()
     runtime = setup_runtime(config.mixed_precision, config.seed, config.deterministic)
+    if init_from is not None:
+        from training.warmstart import check_compatible
+
+        check_compatible(Path(init_from), config)
     with runtime.strategy.scope():
-        backbone = models.build_backbone(config)  # a failed weights download stops us here
+        # a failed weights download stops us here; a warm start needs no download
+        backbone = models.build_backbone(
+            config if init_from is None else config.model_copy(update={"weights": "none"})
+        )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / runfolder.CONFIG).write_text(config.to_yaml(), encoding="utf-8")
     file_log = _attach_log(run_dir)
     try:
-        return _train(scan, config, run_dir, resume, runtime, backbone)
+        return _train(scan, config, run_dir, resume, runtime, backbone, init_from)
     finally:
         logging.getLogger().removeHandler(file_log)
         file_log.close()
@@ -135,6 +146,7 @@ def _train(
     resume: bool,
     runtime: Runtime,
     backbone: Any,
+    init_from: Path | None = None,
 ) -> TrainResult:
     import keras
 
@@ -184,6 +196,10 @@ def _train(
     best_path = run_dir / runfolder.MODEL
     if resume and state.get("phase_done", 0) >= 1 and best_path.is_file():
         model.load_weights(best_path)
+    elif init_from is not None:
+        from training.warmstart import load_run_weights
+
+        load_run_weights(model, Path(init_from), labels)
 
     history = run_dir / runfolder.HISTORY
     phases = _phases(config)
@@ -274,6 +290,7 @@ def _train(
             "train_seconds": round(previous.get("train_seconds", 0) + train_seconds, 2),
             "runtime": runtime.describe(),
             "split_counts": {k: len(v) for k, v in split.items()},
+            **({"init_from": str(Path(init_from).resolve())} if init_from is not None else {}),
         },
     )
     runfolder.write_json(run_dir / runfolder.RUN_JSON, record.to_json())

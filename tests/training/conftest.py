@@ -87,3 +87,59 @@ def digits_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     code = main(["train", str(digits_dir), "--config", str(config), "--out", str(run_dir), "-q"])
     assert code == 0
     return run_dir
+
+
+# -- field samples in an inbox (review, merge, retrain: issue 10) ---------------------------------
+def _jpeg(image, quality: int = 95) -> bytes:
+    import cv2
+    import numpy as np
+
+    if isinstance(image, bytes):
+        return image
+    img = np.asarray(image, dtype=np.uint8)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return data.tobytes()
+
+
+@pytest.fixture
+def put_field_sample():
+    """``put(inbox, image, top=[(label, score), ...], device=, camera=, policy=, ts=)`` stores
+    one field sample (JPEG of an RGB/gray array, or JPEG bytes) with a valid edgecam.sample/1
+    sidecar through the inbox's own Store (as the ingest server does) and returns its key
+    ``device/date/sample_id``."""
+    from device.samples import SampleMeta, sample_id
+    from training.ingest.store import open_store
+
+    stores: dict[str, object] = {}
+    counter = [0]
+
+    def put(inbox, image, top, device="pi-1", camera="door", policy="low_confidence",
+            ts=None, labels=None, quality=95):  # fmt: skip
+        jpeg = _jpeg(image, quality)
+        counter[0] += 1
+        labels = labels or sorted({lab for lab, _ in top})
+        meta = SampleMeta.model_validate(
+            {
+                "schema": "edgecam.sample/1",
+                "sample_id": sample_id(jpeg),
+                "device": device,
+                "camera": camera,
+                "ts": ts or f"2026-11-2{counter[0] % 3 + 1}T08:{counter[0] // 60 % 60:02d}:"
+                f"{counter[0] % 60:02d}.000Z",
+                "model": {"name": "digits", "version": "1", "sha256": "0" * 64,
+                          "variant": "int8"},
+                "top": [{"label": lab, "index": labels.index(lab) if lab in labels else 0,
+                         "score": round(float(s), 4)} for lab, s in top],
+                "policy": policy,
+            }
+        )  # fmt: skip
+        store = stores.setdefault(str(inbox), open_store(str(inbox)))
+        store.put(meta, jpeg)
+        return f"{meta.device}/{meta.date}/{meta.sample_id}"
+
+    yield put
+    for store in stores.values():
+        store.close()

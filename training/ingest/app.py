@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -56,6 +57,7 @@ class Ingest:
     limits: UploadLimits = field(default_factory=UploadLimits)
     stats: IngestStats = field(default_factory=IngestStats)
     log_interval_s: float = 10.0
+    review: Any = None  # training.review.web.Review: the review page (routes under /review)
     _store_error_logged: float = -1e9
 
     def authenticate(self, request: Request) -> Identity:
@@ -220,9 +222,13 @@ def create_app(ingest: Ingest) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(_log_batches(ingest), name="ingest-batch-log")
+        if ingest.review is not None:
+            ingest.review.start()
         try:
             yield
         finally:
+            if ingest.review is not None:
+                ingest.review.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -235,9 +241,11 @@ def create_app(ingest: Ingest) -> Starlette:
             Route(f"{API}/samples", upload, methods=["POST"]),
             Route(f"{API}/stats", stats, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *(ingest.review.routes() if ingest.review is not None else []),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
     app.state.ingest = ingest
+    app.state.review = ingest.review
     return app

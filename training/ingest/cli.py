@@ -70,6 +70,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--s3-endpoint",
         help="S3 endpoint URL for MinIO/Ceph (default: AWS or $AWS_ENDPOINT_URL_S3)",
     )
+    from training.review.cli import add_serve_options
+
+    add_serve_options(p)  # the review page: --reviewers, --review-db, --run, --no-review
 
     p = sub.add_parser("token", help="make, list and revoke device tokens of the ingest server")
     tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -109,6 +112,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_interval_s=args.log_interval,
             access_log=args.access_log,
             s3_endpoint=args.s3_endpoint,
+            review=not args.no_review,
+            reviewers=args.reviewers,
+            review_db=args.review_db,
+            run=args.run,
         )
     )
     return EXIT_OK

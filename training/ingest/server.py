@@ -45,6 +45,10 @@ class ServeOptions:
     log_interval_s: float = 10.0
     access_log: bool = False
     s3_endpoint: str | None = None
+    review: bool = True  # the review page under /review (training.review)
+    reviewers: Path | None = None  # default: edgecam-reviewers.txt beside the tokens file
+    review_db: Path | None = None  # default: INBOX/review.sqlite (required for s3://)
+    run: Path | None = None  # a run folder: embeddings for groups, Grad-CAM
 
     @property
     def scheme(self) -> str:
@@ -109,7 +113,21 @@ def serve(options: ServeOptions) -> None:
         log.warning("%s has no tokens: every upload gets 401 until `token add`", options.tokens)
     store = open_store(options.inbox, options.s3_endpoint)
     store.check()
-    ingest = Ingest(store, tokens, options.limits, log_interval_s=options.log_interval_s)
+    review = None
+    if options.review:
+        from training.review.users import default_reviewers_path
+        from training.review.web import create_review
+
+        review = create_review(
+            store,
+            options.inbox,
+            options.reviewers or default_reviewers_path(options.tokens),
+            options.review_db,
+            options.run,
+        )
+    ingest = Ingest(
+        store, tokens, options.limits, log_interval_s=options.log_interval_s, review=review
+    )
     sock = bind(options.host, options.port)
     if not options.tls_cert and not _is_loopback(options.host):
         log.warning(

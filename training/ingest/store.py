@@ -105,6 +105,10 @@ class Store(ABC):
     def _list(self, prefix: str) -> tuple[list[str], list[str]]:
         """(sub-folder names, file names) directly under ``prefix`` (``""`` or ending in ``/``)."""
 
+    def _delete(self, key: str) -> None:
+        """Remove ``key`` (no error when it is gone). Only ``edgecam-train purge`` deletes."""
+        raise StoreError(f"{type(self).__name__} cannot delete samples")
+
     def check(self) -> None:  # noqa: B027 - optional hook
         """Raise StoreError when the store cannot be used (run once, before serving)."""
 
@@ -119,6 +123,11 @@ class Store(ABC):
             return False
         self._write(ref.key(IMAGE), jpeg)  # same name, same bytes: replacing it is harmless
         return self._create(ref.key(META), meta_bytes(meta))
+
+    def delete(self, ref: SampleRef) -> None:
+        """Delete a sample (the sidecar first: a JPEG left by a crash is ignored by readers)."""
+        self._delete(ref.key(META))
+        self._delete(ref.key(IMAGE))
 
     def contains(self, ref: SampleRef) -> bool:
         return self._exists(ref.key(META))

@@ -104,6 +104,16 @@ class LocalStore(Store):
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
         return created
 
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+
     def _read(self, key: str) -> bytes:
         path = self._path(key)
         try:

@@ -125,6 +125,12 @@ class S3Store(Store):
         except self._errors as exc:
             raise self._fail("PUT", key, exc) from exc
 
+    def _delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        except self._errors as exc:
+            raise self._fail("DELETE", key, exc) from exc
+
     def _read(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
