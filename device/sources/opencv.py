@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 if "OPENCV_LOG_LEVEL" not in os.environ:
     # OpenCV warns on every failed attempt to open a camera; our one line per outage says it
     # (set OPENCV_LOG_LEVEL=WARNING to see them again)
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # (cv2.utils.logging is OpenCV 5; OpenCV 4.x, pinned on Bookworm, has cv2.setLogLevel)
+    if hasattr(cv2.utils, "logging"):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    else:
+        cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
 
 
 # Frame sizes UVC cameras commonly offer (width, height), smallest first.
