@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -172,3 +173,103 @@ def test_auto_source_falls_back_to_sample_clip(
     cap, _ = _run_capture(source)
     assert cap.realtime and cap.loop  # paced and looped like a camera
     source.close()
+
+
+# -- USB cameras: captured at the size the model needs ---------------------------------------------
+class ModeCamera:
+    """Stands in for cv2.VideoCapture(0): a UVC camera with a fixed list of modes that, like
+    V4L2, grants the mode nearest to what is asked (uvcvideo's rule), default 640x480."""
+
+    modes: ClassVar[list[tuple[int, int]]] = [(160, 120), (176, 144), (320, 240), (640, 480)]
+    asked: ClassVar[list[tuple[int, int]]] = []
+
+    def __init__(self, spec, *args):
+        assert spec == 0, spec
+        self.mode = (640, 480)
+        self.want = list(self.mode)
+        self.released = False
+
+    def isOpened(self) -> bool:  # OpenCV's name
+        return not self.released
+
+    def set(self, prop, value) -> bool:
+        import cv2
+
+        if prop in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT):
+            self.want[prop == cv2.CAP_PROP_FRAME_HEIGHT] = int(value)
+            w, h = self.want
+            ModeCamera.asked.append((w, h))
+
+            def distance(m):  # uvc_v4l2_try_format: the smallest area difference
+                return m[0] * m[1] + w * h - 2 * min(m[0], w) * min(m[1], h)
+
+            self.mode = min(self.modes, key=distance)
+        return True
+
+    def get(self, prop) -> float:
+        import cv2
+
+        return {
+            cv2.CAP_PROP_FRAME_WIDTH: self.mode[0],
+            cv2.CAP_PROP_FRAME_HEIGHT: self.mode[1],
+            cv2.CAP_PROP_FPS: 30.0,
+        }.get(prop, 0.0)
+
+    def read(self):
+        w, h = self.mode
+        return (not self.released), np.full((h, w, 3), 90, np.uint8)
+
+    def release(self) -> None:
+        self.released = True
+
+
+def usb_camera(monkeypatch, modes):
+    import device.sources.opencv as opencv_source
+
+    monkeypatch.setattr(ModeCamera, "modes", modes)
+    monkeypatch.setattr(ModeCamera, "asked", [])
+    monkeypatch.setattr(opencv_source.cv2, "VideoCapture", ModeCamera)
+
+
+def test_usb_camera_gets_the_smallest_mode_at_or_above_the_model_input(monkeypatch, caplog):
+    import logging
+
+    usb_camera(monkeypatch, ModeCamera.modes)
+    source = open_source("0", min_size=(224, 224))
+    with caplog.at_level(logging.INFO, logger="device.sources.opencv"):
+        source.open()
+    assert source.granted == (320, 240) and source.read().shape == (240, 320, 3)
+    assert "capturing at 320x240, the smallest mode at or above 224x224" in caplog.text
+    source.close()
+    # a camera without 320x240: V4L2 grants 160x120 for it, too small; the next one fits
+    usb_camera(monkeypatch, [(160, 120), (640, 480), (1280, 720)])
+    source = open_source("0", min_size=(224, 224))
+    source.open()
+    assert source.granted == (640, 480)
+    assert (320, 240) in ModeCamera.asked and ModeCamera.asked[-1] == (640, 360)  # -> 640x480
+    source.close()
+
+
+def test_configured_size_wins_and_a_roi_asks_for_more(monkeypatch, test_data, caplog):
+    import logging
+    import threading
+
+    from device.classifier import Classifier
+    from device.config import CameraConfig
+    from device.pipeline import CameraPipeline
+    from device.sinks import SinkSet
+
+    usb_camera(monkeypatch, ModeCamera.modes)
+    with caplog.at_level(logging.INFO, logger="device.sources.opencv"):
+        source = open_source("0", width=1280, height=720, min_size=(224, 224))
+        source.open()
+    assert source.granted == (1280, 720) and "asked for 1280x720" in caplog.text
+    source.close()
+    coral = test_data / "coral"
+    model = Classifier.open(coral / "mobilenet_v1_0.25_128_quant.tflite")  # 128 x 128 input
+    camera = CameraConfig(name="usb", source="0", roi=[0.25, 0.25, 0.5, 0.5])
+    pipeline = CameraPipeline(camera, model, SinkSet(), threading.Event())
+    assert pipeline.source.min_size == (256, 256)  # the roi is half the frame each way
+    pipeline.source.open()
+    assert pipeline.source.granted == (640, 480)  # 320x240 is too small for 256x256
+    pipeline.close()

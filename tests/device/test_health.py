@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -178,7 +179,7 @@ class ScriptedUsbCamera:
     """Stands in for cv2.VideoCapture(0): a USB camera at 30 fps showing the street, then
     failing the ways of PHASES (time-based, so a busy machine stretches nothing)."""
 
-    frames: list[np.ndarray] = []  # BGR
+    frames: ClassVar[list[np.ndarray]] = []  # BGR
     started: float | None = None
     opens = 0
 
