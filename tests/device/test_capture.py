@@ -180,7 +180,13 @@ class ModeCamera:
     """Stands in for cv2.VideoCapture(0): a UVC camera with a fixed list of modes that, like
     V4L2, grants the mode nearest to what is asked (uvcvideo's rule), default 640x480."""
 
-    modes: ClassVar[list[tuple[int, int]]] = [(160, 120), (176, 144), (320, 240), (640, 480)]
+    modes: ClassVar[list[tuple[int, int]]] = [
+        (160, 120),
+        (176, 144),
+        (320, 240),
+        (640, 480),
+        (1280, 720),
+    ]
     asked: ClassVar[list[tuple[int, int]]] = []
 
     def __init__(self, spec, *args):
