@@ -197,7 +197,7 @@ class RuleStepper:
                         "alert_start",
                         cam,
                         event.event_id,
-                        replace(frame, pixels=pixels),
+                        replace(frame, pixels=pixels, full=None),
                         self._tops.get(cam, {}),
                         roi,
                         tr.peak.label,

@@ -99,7 +99,7 @@ class SamplingSink(Sink):
         )
         if policy is None:
             return
-        self._offer(result.camera, policy, frame, frame.pixels.copy(), {None: result.top})
+        self._offer(result.camera, policy, frame, frame.full_pixels.copy(), {None: result.top})
 
     def rule_scores(
         self, camera: str, frame: Frame, tops: Tops, scores: Sequence[RuleScoreLike]
@@ -112,7 +112,7 @@ class SamplingSink(Sink):
         )
         if pick is None:
             return
-        pixels = frame.pixels.copy()
+        pixels = frame.full_pixels.copy()
         self._offer(camera, "near_threshold", frame, pixels, tops, getattr(pick, "roi", None))
 
     def event_frame(
@@ -125,7 +125,8 @@ class SamplingSink(Sink):
         roi: Sequence[float] | None,
         label: str | None,
     ) -> None:
-        """The start or best frame of an alert event (its pixels are already a copy)."""
+        """The start or best frame of an alert event (its ``pixels`` are already a copy of
+        the full picture)."""
         if not self.sampler.on_event(
             policy, camera, frame.index, label, frame.ts_mono, utc_day(frame.ts_wall)
         ):
