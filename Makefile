@@ -13,7 +13,7 @@ HOSTS ?=
 LIMIT ?=
 MODEL ?=
 
-.PHONY: help install install-device system-deps models run test lint format bench bench-privacy bench-ingest bench-fleet train convert deploy test-fleet test-arm64 clean
+.PHONY: help install install-device system-deps models run test lint format bench bench-motion bench-privacy bench-ingest bench-fleet train convert deploy test-fleet test-arm64 clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -65,7 +65,13 @@ format: $(PY)  ## ruff autoformat
 bench: $(PY)  ## device loop benchmark on the sample clip with the reference model
 	@test -f $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite || $(MAKE) models
 	$(BIN)/edgecam-device bench --model $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite \
-		--source $(MODELS_DIR)/vtest.avi --frames 300 --threads 2
+		--source $(MODELS_DIR)/vtest.avi --frames 300 --thread-counts 1 2
+
+bench-motion: $(PY)  ## motion gating: CPU per video minute with and without it on a mostly still clip, alerts kept
+	@test -f $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite || $(MAKE) models
+	$(BIN)/edgecam-device bench --motion --model $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite \
+		--labels $(MODELS_DIR)/imagenet_labels.txt --source $(MODELS_DIR)/vtest.avi --threads 1 \
+		$(EXTRA_ARGS)
 
 bench-privacy: $(PY)  ## face redaction: cost per image (short vs full range) and the loop rate with it on and off
 	@test -f $(MODELS_DIR)/face_detection_full_range_sparse.tflite || $(MAKE) models

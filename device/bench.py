@@ -7,6 +7,11 @@ Phases, on the same model, threads and source:
    memory are real;
 2. the raw interpreter invoke rate on a fixed input (the ceiling);
 3. a plain sequential loop (read -> resize -> invoke -> publish in one thread), for comparison.
+
+With ``thread_counts`` (``--thread-counts 1,2``) the three phases run once per interpreter
+thread count, side by side in one report: on a 2-core Pi, 1 thread leaves a core to capture
+(the loop should keep >= 0.95 of the raw invoke rate), 2 threads share both (>= 0.85).
+``edgecam-device bench --motion`` (device.motion_bench) measures motion gating instead.
 """
 
 from __future__ import annotations
@@ -161,12 +166,48 @@ def run_bench(
     inference: InferenceConfig | None = None,
     frames: int = 300,
     realtime: bool = False,
+    thread_counts: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The figures of one run; ``model`` and ``inference`` are the config sections the
-    runner gets (the CLI builds them from its flags)."""
+    runner gets (the CLI builds them from its flags). With ``thread_counts``, the figures for
+    the first count, and ``by_threads``: the three rates for each count."""
     started = process_start_wall()
     limit_opencv_threads()
     inference = inference or InferenceConfig()
+    counts = list(thread_counts or [])
+    if counts:
+        inference = inference.model_copy(update={"threads": counts[0]})
+    report = _one_run(model, inference, source, frames, realtime, started)
+    if counts:
+        report["by_threads"] = [_rates(report)]
+        for n in counts[1:]:
+            more = inference.model_copy(update={"threads": n})
+            report["by_threads"].append(_rates(_one_run(model, more, source, frames, realtime)))
+    return report
+
+
+def _rates(r: dict[str, Any]) -> dict[str, Any]:
+    """One row of the thread-count table."""
+    return {
+        "threads": r["threads"],
+        "raw_invoke_fps": round(r["raw_invoke"]["rate_fps"], 2),
+        "invoke_ms_p50": round(r["raw_invoke"]["invoke_ms_p50"], 2),
+        "loop_fps": round(r["loop"]["rate_fps"], 2),
+        "ratio_loop_to_raw": round(r["ratio_loop_to_raw"], 3),
+        "loop_latency_ms_p50": round(r["loop"]["latency_ms"]["p50"], 2),
+        "sequential_fps": round(r["sequential"]["rate_fps"], 2),
+        "ratio_sequential_to_raw": round(r["ratio_sequential_to_raw"], 3),
+    }
+
+
+def _one_run(
+    model: ModelConfig,
+    inference: InferenceConfig,
+    source: str,
+    frames: int,
+    realtime: bool,
+    started: float | None = None,
+) -> dict[str, Any]:
     k = inference.top_k
     classifier = Classifier.from_config(model, inference)
     loop = _loop_phase(classifier, source, frames, k, realtime)
@@ -189,7 +230,7 @@ def run_bench(
         "ratio_loop_to_raw": loop["rate_fps"] / raw["rate_fps"] if raw["rate_fps"] else 0.0,
         "ratio_sequential_to_raw": seq["rate_fps"] / raw["rate_fps"] if raw["rate_fps"] else 0.0,
         "gain_loop_vs_sequential": loop["rate_fps"] / seq["rate_fps"] if seq["rate_fps"] else 0.0,
-        "first_result_s": (first - started) if first else None,
+        "first_result_s": (first - started) if first and started else None,
         "peak_rss_mb": rss,
     }
 
@@ -210,6 +251,17 @@ def format_report(r: dict[str, Any]) -> str:
         f"  first result after start {r['first_result_s']:8.2f} s",
         f"  peak RSS                 {r['peak_rss_mb']:8.1f} MB",
     ]
+    if r.get("by_threads"):
+        lines += [
+            "  by interpreter threads (the same source and frames, one after the other):",
+            "    threads  raw invoke/s  loop/s  loop/raw  sequential/s  sequential/raw",
+        ]
+        lines += [
+            f"    {t['threads']:7d}  {t['raw_invoke_fps']:12.1f}  {t['loop_fps']:6.1f}"
+            f"  {t['ratio_loop_to_raw']:8.3f}  {t['sequential_fps']:12.1f}"
+            f"  {t['ratio_sequential_to_raw']:14.3f}"
+            for t in r["by_threads"]
+        ]
     return "\n".join(lines)
 
 

@@ -136,6 +136,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="with --privacy: the folder with the two face detectors (default: --model's)",
     )
+    p.add_argument(
+        "--thread-counts",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="run the three measurements once per interpreter thread count and report them "
+        "side by side (e.g. --thread-counts 1 2)",
+    )
+    p.add_argument(
+        "--motion",
+        action="store_true",
+        help="instead: motion gating's CPU saving, on a mostly still clip built from --source "
+        "(its first frame held, the clip, its last frame held), with and without gating, the "
+        "same alert rules (docs/operations.md#motion-gating)",
+    )
+    p.add_argument(
+        "--still-s",
+        type=float,
+        default=60.0,
+        help="with --motion: seconds each still part lasts (default 60)",
+    )
+    p.add_argument(
+        "--moving-frames",
+        type=int,
+        help="with --motion: frames of --source played between the still parts (default all)",
+    )
+    p.add_argument(
+        "--motion-labels",
+        help="with --motion: comma-separated labels of the alert rule (default: unicycle,crutch,"
+        "ski, what people walking in vtest.avi are to the ImageNet models)",
+    )
     redact.add_parser(sub)
     return parser
 
@@ -315,12 +346,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2) if args.json else format_privacy_report(report))
         return 0
 
+    if args.motion:
+        from device.motion_bench import (
+            DEFAULT_LABELS,
+            format_motion_report,
+            run_motion_bench,
+        )
+
+        labels = args.motion_labels.split(",") if args.motion_labels else DEFAULT_LABELS
+        report = run_motion_bench(
+            model=model_section(args),
+            inference=inference_section(args),
+            source=args.source,
+            still_s=args.still_s,
+            moving_frames=args.moving_frames,
+            labels=tuple(label.strip() for label in labels if label.strip()),
+        )
+        print(json.dumps(report, indent=2) if args.json else format_motion_report(report))
+        return 0
+
     report = run_bench(
         model=model_section(args),
         inference=inference_section(args),
         source=args.source,
         frames=args.frames,
         realtime=args.realtime,
+        thread_counts=args.thread_counts,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

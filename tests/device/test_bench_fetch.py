@@ -85,3 +85,42 @@ def test_bench_realtime_paces_the_shipped_loop_like_a_camera(test_data: Path) ->
     assert r["realtime"] is True
     assert r["loop"]["results"] == 12 and r["loop"]["dropped"] >= 0
     assert "paced in real time" in format_report(r)
+
+
+def test_bench_reports_thread_counts_side_by_side(test_data: Path) -> None:
+    proc = bench(test_data, "--frames", "20", "--thread-counts", "1", "2")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    rows = r["by_threads"]
+    assert [row["threads"] for row in rows] == [1, 2] and r["threads"] == 1
+    for row in rows:
+        assert row["raw_invoke_fps"] > 0 and row["loop_fps"] > 0 and row["sequential_fps"] > 0
+        assert row["ratio_loop_to_raw"] == pytest.approx(
+            row["loop_fps"] / row["raw_invoke_fps"], rel=0.01
+        )
+    assert "by interpreter threads" in format_report(r)
+
+
+def test_bench_motion_reports_cpu_with_and_without_gating(test_data: Path) -> None:
+    # a short clip (3 s still, 30 frames of people, 3 s still) and the small model: the
+    # figures are for `make bench-motion`; here the report's shape and counts
+    labels = str(test_data / "coral" / "imagenet_labels.txt")
+    proc = bench(
+        test_data, "--motion", "--still-s", "3", "--moving-frames", "30", "--labels", labels
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["clip"]["frames"] == 90 and r["clip"]["parts"]["moving"] == [30, 60]
+    ungated, gated = r["ungated"], r["gated"]
+    assert ungated["classified"] == ungated["frames"] == gated["frames"] == 90
+    assert gated["classified"] < 70 and gated["motion"]["skipped"] == 90 - gated["classified"]
+    assert gated["motion"]["heartbeats"] >= 0 and r["events_lost"] == []
+    for run in (ungated, gated):
+        assert run["cpu_s"] > 0 and set(run["cpu_s_per_video_min_by_part"]) == {
+            "still_1",
+            "moving",
+            "still_2",
+        }
+    from device.motion_bench import format_motion_report
+
+    assert "every ungated alert event also raised with gating: yes" in format_motion_report(r)
