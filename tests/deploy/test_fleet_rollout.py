@@ -273,6 +273,8 @@ def test_rollout_canary_first_failed_host_rolled_back_others_done_then_bad_canar
     for name in fleet.names:
         fleet.seed(name, tmp_path / "b/old", old)
     (fleet.prefix("pi-c") / "broken").touch()  # pi-c's service will not restart
+    for name in ("pi-a", "pi-c"):  # a bundle that no link names: pruned after a good rollout
+        shutil.copytree(tmp_path / "b/old", fleet.models(name) / "0123456789ab")
     fleet.set_host_var("pi-b", "edgecam_verify", "host")  # checked from the host itself
     sub = subscriber_factory(broker.port, topic="edgecam/+/status")
 
@@ -291,7 +293,9 @@ def test_rollout_canary_first_failed_host_rolled_back_others_done_then_bad_canar
         assert os.readlink(models / "previous") == old[:12]
         status = json.loads(sub.on(f"{name}/status")[-1][1])
         assert status["state"] == "online" and status["model"]["sha256"] == new
+    assert not (fleet.models("pi-a") / "0123456789ab").exists()  # pruned
     assert os.readlink(fleet.models("pi-c") / "current") == old[:12]  # rolled back
+    assert (fleet.models("pi-c") / "0123456789ab").exists()  # not after a failure
     assert not (fleet.models("pi-c") / "previous").exists()  # as it was
     assert (fleet.models("pi-c") / new[:12] / MODEL_FILE).exists()  # delivered, not current
     rows = summary(output)
