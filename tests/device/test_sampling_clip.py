@@ -268,3 +268,23 @@ def test_samples_pass_the_privacy_guard_and_fail_closed(write_config, tmp_path) 
     metrics = run(write_config, tmp_path / "x", 5, ONLY_LOW_CONFIDENCE, privacy=faces).metrics()
     assert (metrics["sampling"]["withheld"], metrics["sampling"]["written"]) == (2, 0)
     assert not list((tmp_path / "x").rglob("*.jpg"))
+
+
+def test_a_full_encoder_queue_drops_the_sample_and_counts_it(tmp_path) -> None:
+    """The inference thread never waits: past ``queue`` jobs, a new one is dropped."""
+    from device.samples import SampleModel
+    from device.sampling.config import SamplingConfig
+    from device.sampling.policies import Sampler
+    from device.sampling.writer import SampleJob, SampleWriter
+    from device.upload.outbox import SampleOutbox
+
+    cfg = SamplingConfig(enabled=True, queue=2)
+    sampler = Sampler(cfg)
+    writer = SampleWriter(cfg, sampler, SampleOutbox(tmp_path / "samples"), "test-pi")
+    model = SampleModel(name="m", version="1", sha256="0" * 64, variant="int8")
+    job = SampleJob("street", "flip", np.zeros((8, 8, 3), np.uint8), 1.7e9, [], model)
+    assert [writer.offer(job) for _ in range(3)] == [True, True, False]  # not started: full
+    assert sampler.counts["flip"].queue_dropped == 1
+    writer.start()
+    writer.stop()  # stores what was queued (the same JPEG twice: one sample)
+    assert (writer.written, writer.duplicates) == (1, 1)
