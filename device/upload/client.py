@@ -91,6 +91,7 @@ class UploadClient:
         self._context = ssl_context(ca_file) if self.https else None
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()  # the connection, between the uploader and abort()
+        self._aborted = False
 
     def _connection(self) -> http.client.HTTPConnection:
         with self._lock:
@@ -107,7 +108,9 @@ class UploadClient:
 
     def post_sample(self, sample_id: str, jpeg: bytes, meta: bytes) -> Answer:
         """Send one sample; the server's answer. OSError / http.client.HTTPException (the
-        connection is closed then) when there was none."""
+        connection is closed then) when there was none. A kept-alive connection the server has
+        closed meanwhile (its idle timeout) is replaced and the sample sent once more at once:
+        the upload is idempotent (the server names a sample by its content)."""
         body, content_type = multipart(sample_id, jpeg, meta)
         headers = {
             "Content-Type": content_type,
@@ -116,7 +119,22 @@ class UploadClient:
             "User-Agent": f"edgecam-device/{__version__}",
         }
         conn = self._connection()
+        reused = conn.sock is not None
         try:
+            return self._post(conn, body, headers)
+        except (OSError, http.client.HTTPException):
+            if not reused or self._aborted:
+                raise
+        return self._post(self._connection(), body, headers)
+
+    def _post(
+        self, conn: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
+    ) -> Answer:
+        try:
+            if conn.sock is None:
+                conn.connect()
+            if self._aborted:  # abort() came while connecting: it could not cut this socket
+                raise ConnectionAbortedError("upload stopped")
             conn.request("POST", self.prefix + SAMPLES_PATH, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read(MAX_ANSWER_BYTES + 1)
@@ -133,7 +151,9 @@ class UploadClient:
         )
 
     def abort(self) -> None:
-        """Interrupt a request in progress (from another thread, on stop)."""
+        """Interrupt a request in progress (from another thread, on stop); no request after
+        this one."""
+        self._aborted = True
         with self._lock:
             sock = self._conn.sock if self._conn is not None else None
         if sock is not None:

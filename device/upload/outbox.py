@@ -158,11 +158,13 @@ class SampleOutbox:
         with self._cond:
             return next(iter(self._index.values()), None)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait until a sample waits (True) or ``timeout`` passed / ``notify`` was called."""
+    def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Wait until a sample waits (True), ``stop`` is set (after ``notify``), or ``timeout``
+        passed."""
         with self._cond:
-            if not self._index:
-                self._cond.wait(timeout)
+            self._cond.wait_for(
+                lambda: bool(self._index) or (stop is not None and stop.is_set()), timeout
+            )
             return bool(self._index)
 
     def notify(self) -> None:

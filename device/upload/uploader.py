@@ -92,7 +92,7 @@ class Uploader:
             item = self.outbox.oldest()
             if item is None:
                 self.state = "idle"
-                self.outbox.wait(IDLE_WAIT_S)
+                self.outbox.wait(IDLE_WAIT_S, self._stop)
                 continue
             data = self.outbox.read(item.sample_id)
             if data is None:

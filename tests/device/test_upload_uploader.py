@@ -60,6 +60,7 @@ class IngestStub(ThreadingHTTPServer):
         self.script: list[tuple[int, dict]] = []
         self.requests = 0
         self.hold: threading.Event | None = None  # a request waits on it when set
+        self.close_quietly = False  # close each connection after answering, unannounced
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -91,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+        # like a keep-alive timeout: the client learns it on its next request
+        self.close_connection = self.server.close_quietly
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -214,6 +217,17 @@ def test_a_refused_token_keeps_the_samples_is_logged_once_and_never_shown(
     assert f"{status}" in errors[0].getMessage()
     assert TOKEN not in caplog.text
     assert any("takes samples again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_kept_alive_connection_the_server_closed_is_not_a_failure(
+    tmp_path, stub, wait_until
+) -> None:
+    box, ids = outbox_with(tmp_path, 3)
+    stub.close_quietly = True
+    with running(box, f"http://127.0.0.1:{stub.port}") as up:
+        wait_until(lambda: len(box) == 0, 20, what="the outbox to empty")
+    assert set(stub.stored) == set(ids)
+    assert (up.metrics()["uploaded"], up.metrics()["failures"]) == (3, 0)
 
 
 def test_a_wrong_url_keeps_the_samples(tmp_path, stub, wait_until) -> None:
