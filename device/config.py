@@ -36,8 +36,9 @@ from device.health import HealthConfig
 from device.manifest import CROP_MODES, RESIZE_FILTERS
 from device.motion import MotionConfig
 from device.names import CameraName, DeviceId, check_unique
-from device.sampling.config import SamplingConfig
 from device.privacy.config import PrivacyConfig, check_cameras
+from device.rollout.config import RolloutConfig
+from device.sampling.config import SamplingConfig
 from device.supervision import SupervisionConfig
 from device.upload.config import UploadConfig
 from device.yamlfile import load_yaml
@@ -267,6 +268,11 @@ class DeviceConfig(Section):
         default_factory=UploadConfig,
         description="The ingest server the samples go to, and the outbox they wait in "
         "(docs/field-loop.md).",
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="Model updates over MQTT: the operator's public key, the model store, "
+        "download and shadow limits (docs/fleet.md).",
     )
     privacy: PrivacyConfig = Field(
         default_factory=PrivacyConfig,

@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from device.capture import CaptureThread
+from device.capture import Captured, CaptureThread
 from device.classifier import Classifier
 from device.config import CameraConfig
 from device.errors import EdgecamError
 from device.health import HealthMonitor, HealthSink
 from device.metrics import CameraStats
 from device.motion import MotionGate
+from device.preprocess import Preprocessor
 from device.sinks import Result, SinkSet
 from device.sources import FrameSource, open_source
 from device.supervision import (
@@ -101,6 +102,13 @@ class CameraPipeline:
         self._attempt: _Attempt | None = None
         self._totals = {"frames": 0, "dropped": 0, "reconnects": 0}
         self._logged: set[type[BaseException]] = set()
+        # model updates (device.rollout): a classifier swapped in between two frames, and a
+        # shadow hook that sees every live result
+        self.shadow: Callable[[Result], None] | None = None
+        self._swap: tuple[Classifier, threading.Event] | None = None
+        self._swap_lock = threading.Lock()
+        self._prepared_by: dict[int, Classifier] = {}  # id(input tensor) -> who prepared it
+        self._reprepare: tuple[Classifier, Preprocessor] | None = None
         self.thread = threading.Thread(
             target=self._supervise, name=f"camera-{camera.name}", daemon=True
         )
@@ -229,8 +237,8 @@ class CameraPipeline:
         capture = CaptureThread(
             self.camera.name,
             self.source,
-            self.classifier.prepare,
-            self.classifier.preprocessor.new_buffer,
+            self._prepare,
+            self._new_buffer,
             realtime=self.camera.realtime,
             loop=self.camera.loop,
             reconnect_max_s=self.camera.reconnect_max_s,
@@ -279,13 +287,16 @@ class CameraPipeline:
         capture = attempt.capture
         classifier = self.classifier
         while not self.stop_event.is_set():
+            if self._swap is not None:
+                classifier = self._take_swap()
             item = capture.slot.get(timeout=0.5)
             if item is None:
                 if capture.finished.is_set():
                     return
                 continue
             try:
-                top, ms = classifier.classify_tensor(item.tensor, self.top_k, self.min_score)
+                tensor = self._input_for(classifier, item)
+                top, ms = classifier.classify_tensor(tensor, self.top_k, self.min_score)
             finally:
                 capture.release(item)
             now = time.monotonic()
@@ -293,10 +304,61 @@ class CameraPipeline:
             self.stats.record(ms, total_ms, now)
             result = Result(self.camera.name, item.frame, top, ms, total_ms, classifier.bundle.ref)
             self.sinks.handle(result)
+            if (shadow := self.shadow) is not None:
+                shadow(result)
             if self.max_results and self.stats.results >= self.max_results:
                 log.info("camera %s: %d results, stopping", self.camera.name, self.stats.results)
                 attempt.reached_max = True
                 return
+
+    # -- model swaps (device.rollout) ----------------------------------------------------------
+    def swap_classifier(self, classifier: Classifier) -> threading.Event:
+        """Classify with ``classifier`` from the next frame on. The inference thread takes it
+        between two frames (or at its next start); the event is set once it has. A frame
+        prepared for the old model's input is prepared again for the new one."""
+        applied = threading.Event()
+        with self._swap_lock:
+            if self.done.is_set() or not self.thread.is_alive():
+                self.classifier = classifier
+                applied.set()
+            else:
+                self._swap = (classifier, applied)
+        return applied
+
+    def _take_swap(self) -> Classifier:
+        with self._swap_lock:
+            swap, self._swap = self._swap, None
+        if swap is None:
+            return self.classifier
+        self.classifier, applied = swap
+        applied.set()
+        log.info("camera %s: now classifying with %s", self.camera.name, swap[0].bundle.ref)
+        return self.classifier
+
+    def _new_buffer(self) -> np.ndarray:
+        return self.classifier.preprocessor.new_buffer()
+
+    def _prepare(self, pixels: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The capture thread's preprocessing, for the classifier in use."""
+        classifier = self.classifier
+        pre = classifier.preprocessor
+        if out.shape != (1, pre.height, pre.width, 3) or out.dtype != pre.tensor.dtype:
+            self._prepared_by.pop(id(out), None)
+            out = pre.new_buffer()  # only after a swap to a model with another input
+        tensor = classifier.prepare(pixels, out)
+        self._prepared_by[id(tensor)] = classifier
+        return tensor
+
+    def _input_for(self, classifier: Classifier, item: Captured) -> np.ndarray:
+        """``item``'s tensor, or — when another model's preprocessing made it (a frame in flight
+        during a swap) — the frame prepared again for ``classifier`` on this thread."""
+        prepared_by = self._prepared_by.pop(id(item.tensor), classifier)
+        if prepared_by is classifier or same_input(prepared_by, classifier):
+            return item.tensor
+        if self._reprepare is None or self._reprepare[0] is not classifier:
+            pre = classifier.preprocessor
+            self._reprepare = (classifier, Preprocessor(pre.spec, pre.tensor, roi=pre.roi))
+        return self._reprepare[1].process(item.frame.pixels)
 
     # -- metrics -----------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
@@ -313,3 +375,17 @@ class CameraPipeline:
         if self.image_health is not None:
             snap["health"] = self.image_health.metrics()
         return snap
+
+
+def same_input(a: Classifier, b: Classifier) -> bool:
+    """True when both classifiers turn a frame into the same input tensor."""
+    pa, pb = a.preprocessor, b.preprocessor
+    ta, tb = pa.tensor, pb.tensor
+    return (pa.spec, pa.roi, ta.shape, ta.dtype, ta.scale, ta.zero_point) == (
+        pb.spec,
+        pb.roi,
+        tb.shape,
+        tb.dtype,
+        tb.scale,
+        tb.zero_point,
+    )

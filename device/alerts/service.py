@@ -20,14 +20,14 @@ from typing import Any
 from device.alerts.config import AlertsConfig
 from device.alerts.forwarder import Forwarder, Publisher
 from device.alerts.homeassistant import Discovery
-from device.alerts.jobs import HealthJob, RecoverJob, StatesJob
+from device.alerts.jobs import HealthJob, RecoverJob, StatesJob, TransitionJob
 from device.alerts.outbox import Outbox
 from device.alerts.rules import check_rules
 from device.alerts.snapshots import SnapshotStore
 from device.alerts.stepper import ClassifierFactory, RuleStepper
 from device.alerts.worker import AlertWorker, Delivery
 from device.commands import CommandDispatcher
-from device.mqtt import NullPublisher
+from device.mqtt import NullPublisher, utc_iso
 from device.privacy.guard import PrivacyGuard
 from device.sinks import Result, Sink
 from device.topics import Topics
@@ -88,12 +88,22 @@ class AlertService(Sink):
             Discovery(ha, ctx.topics, ctx.version, ctx.model_name) if ha.enabled else None
         )
         self._published_configs: set[str] = set()
+        self.last_alert: dict[str, Any] | None = None  # the latest event start (status)
         self._discovery_lock = threading.Lock()  # paho's thread (connect) and reload
         self._started = False
         self._stopped = False
         self.publisher.add_connect_hook(self._on_connect)
 
     def _submit(self, job: Any) -> None:
+        if isinstance(job, TransitionJob) and job.transition.kind == "start":
+            obs = job.transition.obs  # the device's retained status names the latest alert
+            self.last_alert = {
+                "ts": utc_iso(obs.ts_wall),
+                "camera": job.camera,
+                "rule": job.rule,
+                "label": obs.label,
+                "event_id": job.event.event_id,
+            }
         self.worker.put(job)
 
     def register_commands(self, dispatcher: CommandDispatcher) -> None:
