@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --motion: seconds each still part lasts (default 60)",
     )
     p.add_argument(
+        "--end-still",
+        choices=["first", "last"],
+        default="first",
+        help="with --motion: the frame held at the end, the clip's first (default) or last",
+    )
+    p.add_argument(
         "--moving-frames",
         type=int,
         help="with --motion: frames of --source played between the still parts (default all)",
@@ -360,6 +366,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             source=args.source,
             still_s=args.still_s,
             moving_frames=args.moving_frames,
+            end_still=args.end_still,
             labels=tuple(label.strip() for label in labels if label.strip()),
         )
         print(json.dumps(report, indent=2) if args.json else format_motion_report(report))

@@ -1,8 +1,10 @@
 """``edgecam-device bench --motion``: what motion gating saves, and that it loses no alert.
 
 A mostly static clip is built from a real one (``build_clip``: its first frame held for
-``still_s`` seconds, the clip itself, its last frame held again), written with the mp4v codec to
-a temporary folder. The shipped camera loop (device.pipeline) classifies it twice, as fast as it
+``still_s`` seconds, the clip itself, then a still frame again: the first one by default, the
+clip's last one with ``end_still="last"``), written with the mp4v codec to a temporary folder.
+(vtest.avi ends on people the rule sees: held, that keeps an alert event active, and every
+frame of an active event is classified, gated or not.) The shipped camera loop (device.pipeline) classifies it twice, as fast as it
 can, with the same alert rules (device.alerts.stepper on the real results): once classifying
 every frame, once with motion gating (device.motion). Reported for each run: CPU seconds per
 minute of video (process CPU time, all threads) over the whole clip and per part (still,
@@ -55,10 +57,15 @@ class Clip:
 
 
 def build_clip(
-    source: str | Path, dest: Path, still_s: float = 60.0, moving_frames: int | None = None
+    source: str | Path,
+    dest: Path,
+    still_s: float = 60.0,
+    moving_frames: int | None = None,
+    end_still: str = "first",
 ) -> Clip:
     """Write ``dest`` (mp4v): the first frame of ``source`` held ``still_s`` seconds, then
-    ``moving_frames`` of it (all by default), then its last frame held ``still_s`` seconds."""
+    ``moving_frames`` of it (all by default), then its ``end_still`` frame (first or last)
+    held ``still_s`` seconds."""
     cap = cv2.VideoCapture(str(source))
     if not cap.isOpened():
         raise SourceError(f"cannot read the clip {source}", "give a video file OpenCV decodes")
@@ -85,8 +92,9 @@ def build_clip(
             if not ok:
                 break
             last = nxt
+        still = frame if end_still == "first" else last
         for _ in range(held):
-            writer.write(last)
+            writer.write(still)
     finally:
         writer.release()
         cap.release()
@@ -250,6 +258,7 @@ def run_motion_bench(
     moving_frames: int | None = None,
     labels: tuple[str, ...] = DEFAULT_LABELS,
     motion: MotionConfig | None = None,
+    end_still: str = "first",
 ) -> dict[str, Any]:
     """Build the clip, run it without and with gating; the figures (module docstring)."""
     limit_opencv_threads()
@@ -264,7 +273,7 @@ def run_motion_bench(
             f"bench --motion: {exc.message}", "name the model's labels with --motion-labels"
         ) from None
     with tempfile.TemporaryDirectory(prefix="edgecam-motion-") as tmp:
-        clip = build_clip(source, Path(tmp) / "clip.mp4", still_s, moving_frames)
+        clip = build_clip(source, Path(tmp) / "clip.mp4", still_s, moving_frames, end_still)
         runs = [
             _run(clip, classifier, alerts, motion.model_copy(update={"enabled": False}), 5),
             _run(clip, classifier, alerts, motion, 5),
@@ -282,7 +291,12 @@ def run_motion_bench(
         "backend": classifier.backend_name,
         "threads": inference.threads,
         "source": str(source),
-        "clip": {"frames": clip.frames, "fps": clip.fps, "parts": clip.parts},
+        "clip": {
+            "frames": clip.frames,
+            "fps": clip.fps,
+            "parts": clip.parts,
+            "end_still": end_still,
+        },
         "motion": motion.model_dump(mode="json"),
         "ungated": ungated,
         "gated": gated,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from device import __version__
 from device.classifier import Classifier
 from device.config import DeviceConfig, InferenceConfig, ModelConfig
+from device.memory import breakdown, tune_malloc
 from device.metrics import cpu_temperature, rss_mb
 from device.mqtt import MqttPublisher, utc_iso
 from device.pipeline import CameraPipeline
@@ -95,6 +96,7 @@ class Runner:
     ):
         self.config = config
         limit_opencv_threads()
+        tune_malloc()  # frame buffers back to the system when freed (device.memory)
         self.stop_event = threading.Event()
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
@@ -268,6 +270,7 @@ class Runner:
             "cameras": {p.camera.name: p.metrics() for p in self.pipelines},
             "sinks": self.sinks.metrics(),
             "rss_mb": round(rss_mb(), 1),
+            "memory_mb": breakdown(),  # where the resident memory goes
             "cpu_temp_c": cpu_temperature(),
         }
         if self.publisher is not None:
