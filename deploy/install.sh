@@ -50,6 +50,7 @@ options:
                    instead of downloading it
   --mosquitto      also install the Mosquitto MQTT broker on this machine
   --coral          also install the Coral Edge TPU runtime (libedgetpu1-std, Coral's apt repo)
+  --faces          also install the face detectors that privacy.faces (face redaction) uses
   --no-start       install and enable the service, but do not (re)start it now
   --uninstall      remove the code, the service and Coral's apt source; keep /etc/edgecam and
                    /var/lib/edgecam (config, models, undelivered alerts)
@@ -70,6 +71,7 @@ SOURCE=""
 MODELS_FROM=""
 WITH_MOSQUITTO=0
 WITH_CORAL=0
+WITH_FACES=0
 START=1
 UNINSTALL=0
 PURGE=0
@@ -83,6 +85,7 @@ parse_args() {
             --models=*) MODELS_FROM=${1#*=} ;;
             --mosquitto) WITH_MOSQUITTO=1 ;;
             --coral) WITH_CORAL=1 ;;
+            --faces) WITH_FACES=1 ;;
             --no-start) START=0 ;;
             --uninstall) UNINSTALL=1 ;;
             --purge) PURGE=1 ;;
@@ -344,6 +347,31 @@ PY
     say "model: $MODELS/current -> $sha12"
 }
 
+# The face detectors of privacy.faces, where the config's relative paths find them
+# (models/face_detection_*.tflite in the service's working directory).
+install_faces() {
+    local from=()
+    [ -n "$MODELS_FROM" ] && from=(--from "$(readlink -f "$MODELS_FROM")")
+    "$VENV/bin/python" - "$MODELS" "${from[@]}" <<'PY' ||
+import logging, sys
+from pathlib import Path
+
+import device.fetch as fetch
+
+models = Path(sys.argv[1])
+source = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+try:
+    fetch.fetch(models, source, assets=[a for a in fetch.ASSETS if a.name.startswith("face_")])
+except fetch.EdgecamError as exc:
+    sys.exit(f"error: {exc}")
+PY
+        die "the face detectors could not be installed (above)" \
+            "check the internet connection, or give --models a folder with mediapipe/face_detection_*.tflite"
+    chown "$USER_NAME:$USER_NAME" "$MODELS"/face_detection_*.tflite
+    say "face detectors: $MODELS/face_detection_*.tflite (set privacy.faces.enabled: true to use them)"
+}
+
 install_config() {
     local example=$CHECKOUT/config/device.example.yaml target=$ETC/device.yaml
     if [ ! -f "$target" ]; then
@@ -450,6 +478,7 @@ main() {
     CORAL_FAILED=0
     [ "$WITH_CORAL" -eq 1 ] && install_coral
     install_reference_model
+    [ "$WITH_FACES" -eq 1 ] && install_faces
     install_config
     validate_config
     install_unit

@@ -1,11 +1,11 @@
 """deploy/install.sh on 64-bit Arm: a Debian Bookworm arm64 root file system (debootstrap) run
 under qemu-user-static. ``make test-arm64`` (minutes; left out of the default run).
 
-install.sh runs to completion twice in that root (the second run changes nothing), the installed
-device then classifies cat.bmp with the aarch64 wheels as the ``edgecam`` user, the installed
-unit passes ``systemd-analyze verify`` there, and ``--uninstall`` / ``--purge`` remove what
+install.sh (with --faces) runs to completion twice in that root (the second run changes
+nothing), the installed device then classifies cat.bmp with the aarch64 wheels as the
+``edgecam`` user, the installed unit passes ``systemd-analyze verify`` there, and ``--uninstall`` / ``--purge`` remove what
 they should. Needs root (binfmt_misc, chroot, mounts), debootstrap and qemu-user-static
-(.ci/run installs them); the Debian mirror and PyPI must be reachable.
+(.ci/run installs them with EDGECAM_CI_ARM64=1); the Debian mirror and PyPI must be reachable.
 
 The pristine root is cached in ``$EDGECAM_CACHE`` (default ~/.cache/edgecam/bookworm-arm64) and
 copied for every run. qemu-user shows the host's /proc/cpuinfo, on which LiteRT's CPU detection
@@ -110,9 +110,12 @@ def arm64_root(work: Path, test_data: Path) -> Iterator[Path]:
         if src.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
-    for name in ("mobilenet_v2_1.0_224_quant.tflite", "imagenet_labels.txt", "cat.bmp"):
-        (root / "data" / "coral").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(test_data / "coral" / name, root / "data" / "coral" / name)
+    wanted = ["coral/mobilenet_v2_1.0_224_quant.tflite", "coral/imagenet_labels.txt",
+              "coral/cat.bmp", "mediapipe/face_detection_full_range_sparse.tflite",
+              "mediapipe/face_detection_short_range.tflite"]  # fmt: skip
+    for name in wanted:
+        (root / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(test_data / name, root / "data" / name)
     shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
     # the CAs this host trusts (an egress proxy's, say), so that pip in the root trusts them too
     local_cas = Path("/usr/local/share/ca-certificates")
@@ -163,7 +166,7 @@ def test_install_twice_then_classify_cat_on_arm64(tmp_path, test_data):
         machine = in_root(root, "uname", "-m").stdout.strip()
         assert machine == "aarch64", "the root does not run under qemu-aarch64"
 
-        install = ["bash", "/src/edgecam/deploy/install.sh", "--models", "/data"]
+        install = ["bash", "/src/edgecam/deploy/install.sh", "--models", "/data", "--faces"]
         started = time.monotonic()
         first = in_root(root, *install, log=tmp_path / "install-1.log")
         timings["install (first)"] = time.monotonic() - started
@@ -175,6 +178,7 @@ def test_install_twice_then_classify_cat_on_arm64(tmp_path, test_data):
         config = root / "etc/edgecam/device.yaml"
         sha12 = os.readlink(models / "current")
         assert (models / sha12 / "model.json").exists()
+        assert (models / "face_detection_full_range_sparse.tflite").exists()  # --faces
         config_before = config.read_bytes()
         assert b"path: /var/lib/edgecam/models/current" in config_before
         wants = root / "etc/systemd/system/multi-user.target.wants/edgecam-device.service"
