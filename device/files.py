@@ -49,7 +49,14 @@ def read_bytes(
         )
     try:
         with path.open("rb") as f:
-            data = f.read(max_bytes + 1)
+            # not read(max_bytes + 1): that allocates max_bytes at once (1 GB for a model),
+            # which a Pi Zero's 512 MB refuses; the file's size, +1 to see that it grew
+            data = f.read(min(max_bytes, info.st_size) + 1)
+            while len(data) <= max_bytes and len(data) > info.st_size:  # it grew meanwhile
+                more = f.read(min(1 << 20, max_bytes + 1 - len(data)))
+                if not more:
+                    break
+                data += more
     except OSError as exc:
         raise _os_error(error, what, path, exc) from None
     if len(data) > max_bytes:  # grew while we read it
