@@ -23,12 +23,15 @@ from typing import TYPE_CHECKING, Any
 from device import __version__
 from device.classifier import Classifier
 from device.config import DeviceConfig, InferenceConfig, ModelConfig
+from device.errors import ModelError
+from device.fleet import live_fields, model_status
 from device.memory import breakdown, tune_malloc
 from device.metrics import cpu_temperature, rss_mb
 from device.mqtt import MqttPublisher, utc_iso
 from device.pipeline import CameraPipeline
 from device.preprocess import limit_opencv_threads
 from device.privacy.guard import PrivacyGuard
+from device.rollout.startup import load_live_model
 from device.sinks import ConsoleSink, MqttClassificationSink, SinkSet
 from device.sources import check_source
 from device.systemd import Notifier, ServiceWatch
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from device.alerts.service import AlertService
     from device.commands import CommandDispatcher
     from device.health import HealthSink
+    from device.rollout.service import RolloutService
     from device.sampling.sink import SamplingSink
     from device.upload.outbox import SampleOutbox
     from device.upload.uploader import Uploader
@@ -62,6 +66,7 @@ class Preflight:
 
     classifiers: list[Classifier]
     source_kinds: dict[str, str]
+    model: ModelConfig | None = None  # the model they run (models/current after an update)
     upload_token: SecretStr | None = None  # when upload is enabled
 
 
@@ -74,16 +79,16 @@ def preflight(config: DeviceConfig) -> Preflight:
     (ConfigError, ModelError, SourceError) naming what is wrong and how to fix it.
     """
     kinds = {cam.name: check_source(cam.source) for cam in config.cameras}
-    classifiers = [
-        build_classifier(config.model, config.inference, cam.roi) for cam in config.cameras
-    ]
+    model, classifiers = load_live_model(
+        config, lambda m: [build_classifier(m, config.inference, c.roi) for c in config.cameras]
+    )
     if config.alerts.enabled:
         from device.alerts import check_rules
 
         check_rules(config.alerts, [c.name for c in config.cameras], classifiers[0].bundle.labels)
     from device.upload.config import check_upload
 
-    return Preflight(classifiers, kinds, upload_token=check_upload(config.upload))
+    return Preflight(classifiers, kinds, model=model, upload_token=check_upload(config.upload))
 
 
 class Runner:
@@ -110,18 +115,17 @@ class Runner:
         # every image that leaves (snapshots, samples): masks, faces; fails closed (privacy.md)
         self.privacy = PrivacyGuard(config.privacy)
         first = classifiers[0]
+        self.model = checked.model or config.model  # what a camera restart loads
         self.status = {
             "state": "online",
             "version": __version__,
-            "model": {
-                "name": first.bundle.name,
-                "sha256": first.bundle.sha256,
-                "variant": first.bundle.variant,
-                "backend": first.backend_name,
-            },
+            "model": model_status(first),
             "started_at": utc_iso(self.started_wall),
             "cameras": [c.name for c in config.cameras],
             "host": platform.node(),
+            "uptime_s": 0.0,
+            "fps": 0.0,
+            "last_alert": None,
         }
         if config.console.format != "off" or config.console.jsonl_path:
             self.sinks.add(ConsoleSink(config.console))
@@ -130,6 +134,11 @@ class Runner:
             self.sinks.add(MqttClassificationSink(self.publisher, config.mqtt))
         self.alerts: AlertService | None = None
         self.commands: CommandDispatcher | None = None
+        if self.publisher is not None:
+            from device.commands import CommandDispatcher, effective_config
+
+            commands = effective_config(config.commands, config.alerts.commands)
+            self.commands = CommandDispatcher(self.publisher, self.publisher.topics, commands)
         if config.alerts.enabled:
             self.alerts = self._build_alerts(first, config_path)
             self.sinks.add(self.alerts)
@@ -162,6 +171,43 @@ class Runner:
             for p in self.pipelines:
                 p.close()
             raise
+        self.rollout: RolloutService | None = None
+        if self.commands is not None:
+            self.rollout = self._build_rollout()
+            self.commands.start()
+
+    def _build_rollout(self) -> RolloutService:
+        """Model updates over MQTT (``model``, ``rollback``; refused without rollout.public_key)."""
+        from device.rollout.service import RolloutService
+        from device.rollout.startup import bundle_model
+
+        config = self.config
+
+        def changed(classifiers: list[Classifier]) -> None:
+            bundle = classifiers[0].bundle
+            self.model = bundle_model(config.model, bundle.path.parent)
+            self.status["model"] = model_status(classifiers[0])
+            if self.alerts is not None:
+                self.alerts.worker.model_ref = bundle.ref
+            if self.publisher is not None:
+                self.publisher.update_status(model=model_status(classifiers[0]))
+
+        def check_labels(labels: dict[int, str]) -> None:
+            if self.alerts is None or not config.alerts.rules:
+                return
+            if labels != self.pipelines[0].classifier.bundle.labels:
+                raise ModelError(
+                    "its labels differ from the running model's and alert rules are set: "
+                    "install it with a restart (make deploy), which checks the rules against "
+                    "the new labels"
+                )
+
+        rollout = RolloutService(
+            config.rollout, config.inference, config.cameras, self.pipelines, changed, check_labels
+        )
+        assert self.commands is not None
+        rollout.register(self.commands)
+        return rollout
 
     def _build_field_loop(self, first: Classifier, token: SecretStr | None) -> None:
         """Field samples (device.sampling) into the outbox, and its uploader (device.upload)."""
@@ -205,7 +251,7 @@ class Runner:
 
     def _rebuilder(self, roi: Sequence[float] | None):
         config = self.config
-        return lambda: build_classifier(config.model, config.inference, roi)
+        return lambda: build_classifier(self.model, config.inference, roi)
 
     def _camera_changed(self, pipeline: CameraPipeline) -> None:
         state = pipeline.health.state
@@ -215,7 +261,6 @@ class Runner:
     def _build_alerts(self, first: Classifier, config_path: str | Path | None) -> AlertService:
         """The alerts, and the device's command dispatcher with their commands and ``reload``."""
         from device.alerts.service import AlertContext, AlertService
-        from device.commands import CommandDispatcher, effective_config
         from device.topics import Topics
 
         config = self.config
@@ -223,7 +268,7 @@ class Runner:
 
         def roi_classifier(camera: str, roi: Sequence[float]) -> Classifier:
             # a rule's roi is a crop of the full frame, classified by its own interpreter
-            return build_classifier(config.model, config.inference, list(roi))
+            return build_classifier(self.model, config.inference, list(roi))
 
         context = AlertContext(
             topics,
@@ -236,12 +281,9 @@ class Runner:
             health_cameras=[c.name for c in config.cameras if c.health.enabled],
         )
         alerts = AlertService(config.alerts, context, self.publisher, roi_classifier, self.privacy)
-        if self.publisher is not None:
-            commands = effective_config(config.commands, config.alerts.commands)
-            self.commands = CommandDispatcher(self.publisher, topics, commands)
+        if self.commands is not None:
             alerts.register_commands(self.commands)
             self._register_reload(self.commands, alerts, config_path)
-            self.commands.start()
         return alerts
 
     @staticmethod
@@ -307,6 +349,9 @@ class Runner:
             )
         if self.publisher is not None:
             self.publisher.publish(self.publisher.topic("metrics"), payload)
+            last_alert = self.alerts.last_alert if self.alerts is not None else None
+            live = live_fields(payload["uptime_s"], payload["cameras"])
+            self.publisher.update_status(**live, last_alert=last_alert)  # fresh retained status
 
     def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
         if signum is not None:
@@ -370,6 +415,8 @@ class Runner:
     def shutdown(self) -> None:
         self.service.stopping()
         self.stop_event.set()
+        if self.rollout is not None:
+            self.rollout.stop()  # ends a shadow run; the running model stays
         for p in self.pipelines:
             p.join()
         if self.commands is not None:
