@@ -238,8 +238,10 @@ class Fleet:
 
 
 def summary(output: str) -> dict[str, str]:
-    """The summary table's lines by host."""
-    table = output.split("edgecam rollout summary:", 1)[1].strip().splitlines()[1:]
+    """The summary table's lines by host (the table is printed too: pytest -s shows it)."""
+    text = output.split("edgecam rollout summary:", 1)[1]
+    print(f"\nedgecam rollout summary:{text}")
+    table = text.strip().splitlines()[1:]
     return {line.split()[0]: line for line in table}
 
 
@@ -300,7 +302,9 @@ def test_rollout_canary_first_failed_host_rolled_back_others_done_then_bad_canar
     assert (fleet.models("pi-c") / new[:12] / MODEL_FILE).exists()  # delivered, not current
     rows = summary(output)
     assert re.search(rf"pi-a\s+canary\s+ok\s+{new[:12]}\s+{old[:12]}\s+mqtt: online", rows["pi-a"])
-    assert re.search(rf"pi-b\s+rollout\s+ok\s+{new[:12]}\s+{old[:12]}\s+mqtt: online", rows["pi-b"])
+    assert re.search(
+        rf"pi-b\s+rollout\s+ok\s+{new[:12]}\s+{old[:12]}\s+mqtt from the host: online", rows["pi-b"]
+    )
     assert re.search(r"pi-c\s+rollout\s+FAILED, rolled back\s+", rows["pi-c"])
     assert "test: this host is broken" in rows["pi-c"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import datetime
 
 from ansible.module_utils.basic import AnsibleModule
@@ -120,7 +119,6 @@ def main() -> None:
     except OSError as exc:
         module.fail_json(msg=f"cannot reach the broker {p['host']}:{p['port']}: {exc}")
     client.loop_start()
-    started = time.monotonic()
     try:
         done.wait(p["timeout"])
     finally:
@@ -135,10 +133,10 @@ def main() -> None:
             f"{topic} within {p['timeout']:g} s; last: {describe(last)}",
             status=last,
         )
+    model = last.get("model") or {}
     module.exit_json(
         changed=False,
-        msg=f"mqtt: online with {describe(last).split(', ')[1].removeprefix('model ')} "
-        f"after {time.monotonic() - started:.1f} s",
+        msg=f"online with {model.get('name')}@{str(model.get('sha256'))[:12]}",
         status=last,
     )
 
