@@ -65,7 +65,7 @@ format: $(PY)  ## ruff autoformat
 bench: $(PY)  ## device loop benchmark on the sample clip with the reference model
 	@test -f $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite || $(MAKE) models
 	$(BIN)/edgecam-device bench --model $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite \
-		--source $(MODELS_DIR)/vtest.avi --frames 300 --thread-counts 1 2
+		--source $(MODELS_DIR)/vtest.avi --frames 300 --rounds 3 --thread-counts 1 2
 
 bench-motion: $(PY)  ## motion gating: CPU per video minute with and without it on a mostly still clip, alerts kept
 	@test -f $(MODELS_DIR)/mobilenet_v2_1.0_224_quant.tflite || $(MAKE) models

@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --privacy: the folder with the two face detectors (default: --model's)",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the measurements this many times and report each one's best round "
+        "(steadier figures on a busy machine; make bench uses 3)",
+    )
+    p.add_argument(
         "--thread-counts",
         type=int,
         nargs="+",
@@ -379,6 +386,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         frames=args.frames,
         realtime=args.realtime,
         thread_counts=args.thread_counts,
+        rounds=args.rounds,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

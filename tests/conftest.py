@@ -521,3 +521,18 @@ def tls_certs(tmp_path_factory) -> Path:
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
     return d
+
+
+@pytest.fixture(scope="session")
+def street_frames(test_data: Path) -> list:
+    """The first 60 frames of opencv/vtest.avi (people walking in a street), RGB arrays."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(test_data / "opencv" / "vtest.avi"))
+    frames = []
+    while len(frames) < 60:
+        ok, bgr = cap.read()
+        assert ok, "opencv/vtest.avi has fewer than 60 frames"
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return frames

@@ -88,9 +88,10 @@ def test_bench_realtime_paces_the_shipped_loop_like_a_camera(test_data: Path) ->
 
 
 def test_bench_reports_thread_counts_side_by_side(test_data: Path) -> None:
-    proc = bench(test_data, "--frames", "20", "--thread-counts", "1", "2")
+    proc = bench(test_data, "--frames", "20", "--rounds", "2", "--thread-counts", "1", "2")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
+    assert r["rounds"] == 2 and "best of 2 rounds" in format_report(r)
     rows = r["by_threads"]
     assert [row["threads"] for row in rows] == [1, 2] and r["threads"] == 1
     for row in rows:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 from typing import ClassVar
 
 import cv2
@@ -23,17 +22,10 @@ from device.motion import GreyCopy
 from device.runner import Runner
 
 
-@pytest.fixture(scope="module")
-def street(test_data: Path) -> list[np.ndarray]:
+@pytest.fixture
+def street(street_frames) -> list[np.ndarray]:
     """The first 60 frames of the clip, RGB."""
-    cap = cv2.VideoCapture(str(test_data / "opencv" / "vtest.avi"))
-    frames = []
-    while len(frames) < 60:
-        ok, bgr = cap.read()
-        assert ok
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return frames
+    return street_frames
 
 
 def darkened(px: np.ndarray) -> np.ndarray:

@@ -24,17 +24,10 @@ from device.pipeline import CameraPipeline
 from device.sinks import Result, Sink, SinkSet
 
 
-@pytest.fixture(scope="module")
-def street(test_data: Path) -> list[np.ndarray]:
+@pytest.fixture
+def street(street_frames) -> list[np.ndarray]:
     """The first 40 frames of the clip, RGB."""
-    cap = cv2.VideoCapture(str(test_data / "opencv" / "vtest.avi"))
-    frames = []
-    while len(frames) < 40:
-        ok, bgr = cap.read()
-        assert ok
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return frames
+    return street_frames[:40]
 
 
 def moved(detector: MotionDetector, frames: list[np.ndarray], fps: float = 10.0) -> list[bool]:
