@@ -1,8 +1,9 @@
 """deploy/install.sh on 64-bit Arm: a Debian Bookworm arm64 root file system (debootstrap) run
 under qemu-user-static. ``make test-arm64`` (minutes; left out of the default run).
 
-install.sh (with --faces) runs to completion twice in that root (the second run changes
-nothing), the installed device then classifies cat.bmp with the aarch64 wheels as the
+install.sh (with --faces and --mosquitto) runs to completion twice in that root (the second
+run changes nothing; asked for the Coral runtime, which it cannot have here, it says so and
+finishes), the installed device then classifies cat.bmp with the aarch64 wheels as the
 ``edgecam`` user, the installed unit passes ``systemd-analyze verify`` there, and ``--uninstall`` / ``--purge`` remove what
 they should. Needs root (binfmt_misc, chroot, mounts), debootstrap and qemu-user-static
 (.ci/run installs them with EDGECAM_CI_ARM64=1); the Debian mirror and PyPI must be reachable.
@@ -168,11 +169,12 @@ def test_install_twice_then_classify_cat_on_arm64(tmp_path, test_data):
 
         install = ["bash", "/src/edgecam/deploy/install.sh", "--models", "/data", "--faces"]
         started = time.monotonic()
-        first = in_root(root, *install, log=tmp_path / "install-1.log")
+        first = in_root(root, *install, "--mosquitto", log=tmp_path / "install-1.log")
         timings["install (first)"] = time.monotonic() - started
         assert first.returncode == 0, _tail(first)
         assert "creating system user edgecam" in first.stdout
         assert "python3-picamera2 is not in this system's apt sources" in first.stdout
+        assert (root / "usr/sbin/mosquitto").exists()  # --mosquitto
 
         models = root / "var/lib/edgecam/models"
         config = root / "etc/edgecam/device.yaml"
@@ -186,7 +188,8 @@ def test_install_twice_then_classify_cat_on_arm64(tmp_path, test_data):
 
         config.write_bytes(config_before + b"# edited by the operator\n")
         started = time.monotonic()
-        second = in_root(root, *install, log=tmp_path / "install-2.log")
+        # again, now also asking for the Coral runtime, whose apt repository is out of reach here
+        second = in_root(root, *install, "--coral", log=tmp_path / "install-2.log")
         timings["install (again)"] = time.monotonic() - started
         assert second.returncode == 0, _tail(second)
         assert "creating system user" not in second.stdout
@@ -194,6 +197,10 @@ def test_install_twice_then_classify_cat_on_arm64(tmp_path, test_data):
         assert f"models/current -> {sha12} (kept)" in second.stdout
         assert config.read_bytes() == config_before + b"# edited by the operator\n"  # kept
         assert os.readlink(models / "current") == sha12
+        assert "the Coral Edge TPU runtime could not be installed" in second.stderr
+        assert "done, without the Coral Edge TPU runtime" in second.stdout
+        assert not (root / "etc/apt/sources.list.d/coral-edgetpu.list").exists()  # apt as it was
+        assert "state_dir: /var/lib/edgecam " in config.read_text()  # the model store's home
 
         versions = in_root(
             root, "/opt/edgecam/venv/bin/python", "-c",
