@@ -18,7 +18,8 @@ What the device tells systemd (``ServiceWatch``, fed from the runner's main loop
   and being reconnected with backoff (``reconnecting``; restarting the process would not bring a
   network camera back, and the supervision already retries it) unless the camera was restarted
   since its last result (a thread died), and cameras that ended (a file without ``loop``).
-  The runner's own loop stopping stops the pings too.
+  A frame the motion gate skips (a still scene) counts like a result: the camera delivers and
+  is looked at. The runner's own loop stopping stops the pings too.
 - ``STATUS=`` a line with each camera's fps or state and the model (``<name>@<sha12>``), shown
   by ``systemctl status edgecam-device``.
 - ``STOPPING=1`` when the device starts to shut down.
@@ -118,6 +119,13 @@ class _Progress:
     restarts: int  # the camera's restart count then
 
 
+def _progress_count(pipeline: CameraPipeline) -> int:
+    """Results, plus frames the motion gate decided not to classify (a still scene: the camera
+    delivers and is looked at; device.motion), so that gating never starves the watchdog."""
+    gate = getattr(pipeline, "gate", None)
+    return pipeline.stats.results + (gate.skipped if gate is not None else 0)
+
+
 class ServiceWatch:
     """Decides what to tell systemd from the cameras' progress (module docstring).
 
@@ -162,7 +170,7 @@ class ServiceWatch:
         """Cameras that should be classifying but delivered nothing within the window."""
         stale = []
         for p in pipelines:
-            name, results, health = p.camera.name, p.stats.results, p.health
+            name, results, health = p.camera.name, _progress_count(p), p.health
             seen = self._progress.get(name)
             if seen is None or seen.results != results:
                 self._progress[name] = seen = _Progress(results, now, health.restarts)

@@ -272,6 +272,43 @@ def test_device_ready_after_first_result_pings_while_classifying_stopping_on_sig
     assert listener.index("STOPPING=1", ready) is not None
 
 
+def test_a_still_scene_skipped_by_the_motion_gate_keeps_feeding_the_watchdog(
+    tmp_path, write_config, test_data, notify, device_proc, wait_until
+):
+    """Motion gating classifies a still scene only every heartbeat_s (here 60 s, far beyond
+    the 1 s window): the frames it skips count as the camera being alive."""
+    still = tmp_path / "still"
+    still.mkdir()
+    shutil.copyfile(test_data / "coral" / "cat.bmp", still / "cat.bmp")
+    config = write_config(
+        cameras=[
+            {
+                "name": "street",
+                "source": str(still),
+                "loop": True,
+                "realtime": True,
+                "fps": 10,
+                "motion": {"enabled": True, "heartbeat_s": 60},
+            }
+        ],
+        alerts={"enabled": False},
+        console={"format": "off", "jsonl_path": str(tmp_path / "results.jsonl")},
+    )
+    listener = notify()
+    device_proc(config, listener)
+    listener.wait_for(lambda ms: any(m.startswith("READY=1") for _, m in ms))
+    ready = listener.index("READY=1")
+
+    def pings(count: int) -> None:
+        listener.wait_for(lambda ms: sum(m == "WATCHDOG=1" for _, m in ms[ready:]) >= count)
+
+    pings(6)  # 3 s: the first second after the start is classified (motion.hold_s)
+    classified = _results(tmp_path)
+    pings(12)  # 3 s more, three times the 1 s window, without a result ...
+    assert _results(tmp_path) == classified  # ... yet the watchdog was fed
+    assert not any(m.startswith("STATUS=stalled") for m in listener.texts())
+
+
 def _assert_pings_stopped(listener: NotifyListener, proc: subprocess.Popen) -> None:
     """The device says it stalled, and no ping follows up to its next periodic status line
     (5 s later: longer than the 2 s watchdog) while the process still runs: systemd would have
