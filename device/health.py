@@ -358,8 +358,10 @@ class HealthMonitor:
             "snapshot": None,
         }
 
-    def publish_initial(self) -> None:
-        """The retained state at start (``ok`` until a problem is raised)."""
+    def start(self) -> None:
+        """The camera starts: frames are expected from now on; the retained state at start
+        (``ok`` until a problem is raised)."""
+        self._last_frame_mono = self.clock()
         if self.sink is not None:
             self.sink.publish_health(self.camera, self.state(), None)
 

@@ -122,7 +122,7 @@ class CameraPipeline:
     def start(self) -> None:
         self.stats = CameraStats()
         if self.image_health is not None:
-            self.image_health.publish_initial()  # retained "ok" until a problem is raised
+            self.image_health.start()  # frames expected from now on; retained "ok"
         self.thread.start()
 
     def join(self, timeout: float = 5.0) -> None:
