@@ -30,6 +30,7 @@ from typing import Any
 
 from device.classifier import Classifier
 from device.config import CameraConfig, InferenceConfig, ModelConfig
+from device.memory import breakdown, tune_malloc
 from device.metrics import peak_rss_mb, percentiles
 from device.pipeline import CameraPipeline
 from device.preprocess import limit_opencv_threads
@@ -178,6 +179,7 @@ def run_bench(
     the first count, and ``by_threads``: the three rates for each count."""
     started = process_start_wall()
     limit_opencv_threads()
+    tune_malloc()  # as the device does
     inference = inference or InferenceConfig()
     counts = list(thread_counts or [])
     if counts:
@@ -223,6 +225,7 @@ def _one_run(
         raws.append(_raw_phase(classifier, source, frames))
         seqs.append(_sequential_phase(classifier, source, frames, k))
     rss = peak_rss_mb()
+    memory = breakdown()
     first = loops[0]["first_result_wall"]  # the cold start
     loop, raw, seq = (max(runs, key=lambda r: r["rate_fps"]) for runs in (loops, raws, seqs))
     loop = {key: value for key, value in loop.items() if key != "first_result_wall"}
@@ -244,6 +247,7 @@ def _one_run(
         "gain_loop_vs_sequential": loop["rate_fps"] / seq["rate_fps"] if seq["rate_fps"] else 0.0,
         "first_result_s": (first - started) if first and started else None,
         "peak_rss_mb": rss,
+        "memory_mb": memory,
     }
 
 
@@ -264,6 +268,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  first result after start {r['first_result_s']:8.2f} s",
         f"  peak RSS                 {r['peak_rss_mb']:8.1f} MB",
     ]
+    if r.get("memory_mb"):
+        parts = ", ".join(f"{k} {v:g}" for k, v in r["memory_mb"].items() if k != "total")
+        lines.append(f"  resident MB by library   {parts}")
     if r.get("by_threads"):
         lines += [
             "  by interpreter threads (the same source and frames, one after the other):",
