@@ -13,7 +13,7 @@ HOSTS ?=
 LIMIT ?=
 MODEL ?=
 
-.PHONY: help install install-device system-deps models run test lint format bench bench-motion bench-privacy bench-ingest bench-fleet train convert deploy test-fleet test-arm64 clean
+.PHONY: help install install-device system-deps models run test lint format bench bench-motion bench-privacy bench-ingest bench-fleet train convert retrain deploy test-fleet test-arm64 clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -91,6 +91,10 @@ train: $(PY)  ## train a classifier: make train DATA=path/to/images [NAME=run-na
 convert: $(PY)  ## convert a trained run to TFLite bundles: make convert RUN=runs/<name>
 	@test -n "$(RUN)" || (echo "usage: make convert RUN=runs/<name>" >&2; exit 2)
 	$(BIN)/edgecam-convert $(RUN) $(EXTRA_ARGS)
+
+retrain: $(PY)  ## fine-tune a run on a merged dataset, convert, verify, compare: make retrain RUN=runs/<name> DATA=...
+	@test -n "$(RUN)" -a -n "$(DATA)" || (echo "usage: make retrain RUN=runs/<name> DATA=path/to/images [NAME=new-run]" >&2; exit 2)
+	$(BIN)/edgecam-train retrain $(RUN) $(DATA) $(if $(NAME),--name $(NAME)) $(EXTRA_ARGS)
 
 clean:  ## remove caches and build leftovers (keeps .venv, models/ and runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

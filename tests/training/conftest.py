@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,58 @@ def put_field_sample():
     yield put
     for store in stores.values():
         store.close()
+
+
+FIELD_BLUR_SIGMA = 1.1  # the field camera is a little out of focus: ~10 % of guesses go wrong
+
+
+@dataclass(frozen=True)
+class FieldDigits:
+    data: Path  # DATA/train (columns 0-29) + DATA/test (columns 50-99): do not change it
+    run: Path  # the small CNN trained on it
+    field: list  # [(20x20 uint8 gray image, true label)] from columns 30-49, blurred
+
+
+def _field_images(digits_png: Path, columns: range) -> list:
+    import cv2
+
+    grid = cv2.imread(str(digits_png), cv2.IMREAD_GRAYSCALE)
+    cells = grid.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3)
+    return [
+        (cv2.GaussianBlur(cells[row, col], (0, 0), FIELD_BLUR_SIGMA), str(row // 5))
+        for row in range(50)
+        for col in columns
+    ]
+
+
+def _train_cli(data: Path, run_dir: Path, config_text: str) -> Path:
+    from training.cli import main
+
+    config = run_dir.parent / f"{run_dir.name}.yaml"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(config_text, encoding="utf-8")
+    assert main(["train", str(data), "--config", str(config), "--out", str(run_dir), "-q"]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def field_digits(digits_png: Path, tmp_path_factory: pytest.TempPathFactory) -> FieldDigits:
+    """A model trained on part of the digits (left 30 columns; the tutorial's right half is the
+    test split) and field samples from the other part (columns 30-49), blurred."""
+    base = tmp_path_factory.mktemp("field-digits")
+    data = write_digits(digits_png, base / "digits", columns=[*range(30), *range(50, 100)])
+    config = DIGITS_CONFIG.replace("baselines: true", "baselines: false")
+    run = _train_cli(data, base / "runs" / "digits", config)
+    return FieldDigits(data, run, _field_images(digits_png, range(30, 50)))
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(digits_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN trained for 3 epochs on 500 digits (seconds): a real run folder for the
+    review page's embeddings and Grad-CAM, not a good model."""
+    base = tmp_path_factory.mktemp("tiny-digits")
+    data = write_digits(digits_png, base / "digits", columns=[*range(10), *range(50, 55)])
+    config = DIGITS_CONFIG.replace("epochs: 12", "epochs: 3").replace(
+        "baselines: true", "baselines: false"
+    )
+    return _train_cli(data, base / "runs" / "tiny", config)

@@ -31,7 +31,9 @@ def served(ingest_server_factory, put_field_sample):
     server = ingest_server_factory()
     inbox = Path(server.inbox)
     keys = [
-        put_field_sample(inbox, _digitish(i), [("1", 0.6), ("7", 0.3)], device="pi-a" if i < 3 else "pi-b")
+        put_field_sample(
+            inbox, _digitish(i), [("1", 0.6), ("7", 0.3)], device="pi-a" if i < 3 else "pi-b"
+        )
         for i in range(5)
     ]
     add_reviewer(server.workdir / "edgecam-reviewers.txt", "ana", PASSWORD)
@@ -62,7 +64,9 @@ def _csrf(client: httpx.Client) -> str:
 
 def _decisions(server) -> list[tuple]:
     with sqlite3.connect(Path(server.inbox) / "review.sqlite") as conn:
-        return conn.execute("SELECT key, action, label, reviewer FROM decisions ORDER BY id").fetchall()
+        return conn.execute(
+            "SELECT key, action, label, reviewer FROM decisions ORDER BY id"
+        ).fetchall()
 
 
 def test_refusals_without_session_csrf_or_with_a_device_token(served) -> None:
@@ -140,10 +144,14 @@ def test_decisions_filters_groups_and_history(served) -> None:
     assert client.get("/review/api/samples", params={"date_from": "2026-13-01"}).status_code == 400
 
     a, b, c = served.keys[:3]
-    r = client.post("/review/api/decisions", headers=headers, json={"keys": [a, b], "action": "accept"})
+    r = client.post(
+        "/review/api/decisions", headers=headers, json={"keys": [a, b], "action": "accept"}
+    )
     assert [d["label"] for d in r.json()["decisions"]] == ["1", "1"]
     r = client.post(
-        "/review/api/decisions", headers=headers, json={"keys": [c], "action": "relabel", "label": "7"}
+        "/review/api/decisions",
+        headers=headers,
+        json={"keys": [c], "action": "relabel", "label": "7"},
     )
     assert r.json()["decisions"][0]["label"] == "7"
     r = client.post(
@@ -181,8 +189,12 @@ def test_purge_deletes_only_rejected_samples_and_records_it(served, capsys) -> N
     client = _login(served)
     headers = {"X-CSRF-Token": _csrf(client)}
     rejected, accepted = served.keys[0], served.keys[1]
-    client.post("/review/api/decisions", headers=headers, json={"keys": [rejected], "action": "reject"})
-    client.post("/review/api/decisions", headers=headers, json={"keys": [accepted], "action": "accept"})
+    client.post(
+        "/review/api/decisions", headers=headers, json={"keys": [rejected], "action": "reject"}
+    )
+    client.post(
+        "/review/api/decisions", headers=headers, json={"keys": [accepted], "action": "accept"}
+    )
     served.stop()
     inbox = Path(served.inbox)
     assert main(["purge", str(inbox), "-q"]) == 0  # lists only
@@ -192,3 +204,56 @@ def test_purge_deletes_only_rejected_samples_and_records_it(served, capsys) -> N
     assert (inbox / f"{accepted}.jpg").is_file()
     actions = [(k, a, who) for k, a, _, who in _decisions(served)]
     assert (rejected, "purge", "ops") in actions and (rejected, "reject", "ana") in actions
+
+
+def test_reviewer_commands(tmp_path, monkeypatch, capsys) -> None:
+    import io
+
+    from training.cli import main
+    from training.review.users import ReviewerRegistry
+
+    path = tmp_path / "reviewers.txt"
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["reviewer", "add", "bo", "--reviewers", str(path), "--password-stdin"]) == 0
+    text = path.read_text()
+    assert "$argon2id$" in text and PASSWORD not in text
+    assert path.stat().st_mode & 0o777 == 0o600
+    registry = ReviewerRegistry(path)
+    assert registry.verify("bo", PASSWORD) and not registry.verify("bo", PASSWORD + "x")
+    assert not registry.verify("nobody", PASSWORD)
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["reviewer", "add", "cy", "--reviewers", str(path), "--password-stdin"]) == 2
+    assert "too short" in capsys.readouterr().err
+    assert main(["reviewer", "list", "--reviewers", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("bo ")
+    assert main(["reviewer", "remove", "bo", "--reviewers", str(path)]) == 0
+    assert main(["reviewer", "remove", "bo", "--reviewers", str(path)]) == 2
+
+
+def test_s3_inbox_with_a_local_review_db(
+    s3_server, ingest_server_factory, put_field_sample, monkeypatch, tmp_path
+) -> None:
+    from training.review.users import add_reviewer
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    inbox = f"s3://{s3_server.new_bucket()}/inbox"
+    keys = [put_field_sample(inbox, _digitish(i), [("1", 0.5)]) for i in range(3)]
+    review_db = tmp_path / "review.sqlite"
+    server = ingest_server_factory(
+        inbox=inbox, env=s3_server.env, args=("--review-db", str(review_db))
+    )
+    add_reviewer(server.workdir / "edgecam-reviewers.txt", "ana", PASSWORD)
+    server.start()
+    client = _login(server)
+    listing = client.get("/review/api/samples").json()
+    assert sorted(s["key"] for s in listing["samples"]) == sorted(keys)
+    assert client.get(f"/review/image/{keys[0]}.jpg").status_code == 200
+    r = client.post(
+        "/review/api/decisions",
+        headers={"X-CSRF-Token": _csrf(client)},
+        json={"keys": keys[:1], "action": "reject"},
+    )
+    assert r.status_code == 200
+    with sqlite3.connect(review_db) as conn:
+        assert conn.execute("SELECT key, action FROM current").fetchall() == [(keys[0], "reject")]

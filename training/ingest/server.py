@@ -114,7 +114,12 @@ def serve(options: ServeOptions) -> None:
     store = open_store(options.inbox, options.s3_endpoint)
     store.check()
     review = None
-    if options.review:
+    if options.review and options.inbox.startswith("s3://") and options.review_db is None:
+        log.warning(
+            "the review page is off: an s3:// inbox keeps its review decisions in a local "
+            "database, give --review-db PATH"
+        )
+    elif options.review:
         from training.review.users import default_reviewers_path
         from training.review.web import create_review
 

@@ -108,7 +108,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--name", help="name of the new run (default <run>-retrain-<time>)")
     where.add_argument("--out", type=Path, help="folder of the new run")
     p.add_argument("--runs-dir", type=Path, help="parent of named runs (default: RUN's parent)")
-    p.add_argument("--epochs", type=int, help="epochs (default: half of RUN's, at least 3)")
+    p.add_argument("--epochs", type=int, help="epochs (default: RUN's)")
     p.add_argument("--learning-rate", type=float, help="learning rate (default: half of RUN's)")
     p.add_argument("--field-test", type=Path, help="field test folder (default DATA.field-test)")
     p.add_argument("--bundles", type=Path, help="bundle folder (default models/<new run name>)")

@@ -357,14 +357,12 @@ class ReviewDB:
         )
 
     def known_labels(self) -> list[str]:
-        """Every label seen: the models' guesses (all top-k) and the reviewers' labels."""
-        labels: set[str] = set()
-        for (top,) in self._all("SELECT DISTINCT top FROM samples"):
-            labels.update(t["label"] for t in json.loads(top))
-        labels.update(
-            r[0] for r in self._all("SELECT DISTINCT label FROM decisions WHERE label IS NOT NULL")
+        """The labels seen: the models' top guesses and the reviewers' labels."""
+        rows = self._all(
+            "SELECT DISTINCT label FROM samples WHERE label IS NOT NULL UNION "
+            "SELECT DISTINCT label FROM decisions WHERE label IS NOT NULL"
         )
-        return sorted(labels)
+        return sorted(r[0] for r in rows)
 
     # -- reading samples ---------------------------------------------------------------------
     def query(
@@ -437,10 +435,13 @@ class ReviewDB:
             raise ValueError(f"unknown status {f.status!r}")
         return where, args
 
-    def reviewed_features(self) -> list[SampleRow]:
-        """Accepted samples with their pHash (for near-duplicate marks)."""
-        rows, _ = self.query(Filters(status="accepted"), limit=1_000_000, features=True)
-        return rows
+    def accepted_phashes(self) -> tuple[list[str], np.ndarray]:
+        """Keys and 64-bit pHashes of the accepted samples (cheap: no thumbnails)."""
+        rows = self._all(
+            "SELECT s.key, s.phash FROM samples s JOIN current c ON c.key = s.key "
+            "WHERE c.action IN ('accept', 'relabel') AND s.phash IS NOT NULL"
+        )
+        return [k for k, _ in rows], np.array([_to_unsigned(p) for _, p in rows], dtype=np.uint64)
 
     def row(self, key: str) -> SampleRow | None:
         rows, _ = self.query(Filters(status="all"), limit=1, keys=[key], features=True)

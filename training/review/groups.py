@@ -80,6 +80,18 @@ def assign_groups(
     return kind
 
 
+def near_candidates(
+    rows: list[SampleRow], keys: list[str], phashes: np.ndarray, max_distance: int = NEAR_DISTANCE
+) -> list[str]:
+    """The keys (of ``keys``/``phashes``, the accepted samples) within ``max_distance`` bits of
+    a row's pHash: the only reviewed samples whose thumbnails need to be read."""
+    todo = np.array([r.phash for r in rows if r.phash is not None], dtype=np.uint64)
+    if not len(todo) or not len(phashes):
+        return []
+    close = (hamming_matrix(todo, phashes) <= max_distance).any(axis=0)
+    return [k for k, c in zip(keys, close, strict=True) if c]
+
+
 def mark_near_duplicates(
     rows: list[SampleRow],
     reviewed: list[SampleRow],

@@ -43,7 +43,7 @@ from training.ingest.errors import SampleNotFound, StoreError
 from training.ingest.store import SampleRef, Store, check_date
 from training.review import auth
 from training.review.db import STATUSES, Filters, ReviewDB, SampleRow, Session, key_of
-from training.review.groups import assign_groups, mark_near_duplicates
+from training.review.groups import assign_groups, mark_near_duplicates, near_candidates
 from training.review.index import Indexer
 from training.review.labels import check_label
 from training.review.users import ReviewerRegistry
@@ -55,6 +55,7 @@ PAGE_SIZE = 120
 MAX_KEYS = 1000
 MAX_FORM_BYTES = 256 << 10
 INDEX_MAX_AGE_S = 3.0
+MAX_NEAR_CANDIDATES = 2000  # reviewed samples whose thumbnails one page compares
 DECIDE_ACTIONS = ("accept", "relabel", "reject", "reopen")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'self'; "
@@ -218,6 +219,18 @@ def _page_number(params: Any) -> int:
     return int(raw)
 
 
+def _mark_near(review: Review, rows: list[SampleRow]) -> None:
+    """Near-duplicate marks: pHashes of every accepted sample first, thumbnails of the few
+    within reach only."""
+    keys, phashes = review.db.accepted_phashes()
+    wanted = near_candidates(rows, keys, phashes)[:MAX_NEAR_CANDIDATES]
+    if wanted:
+        reviewed, _ = review.db.query(
+            Filters(status="all"), limit=len(wanted), keys=wanted, features=True
+        )
+        mark_near_duplicates(rows, reviewed)
+
+
 @dataclass
 class GridData:
     rows: list[SampleRow]
@@ -233,7 +246,7 @@ def _grid_data(review: Review, filters: Filters, page: int) -> GridData:
         filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, features=True
     )
     grouped_by = assign_groups(rows)
-    mark_near_duplicates(rows, review.db.reviewed_features())
+    _mark_near(review, rows)
     groups: dict[str, list[SampleRow]] = {}
     singles = []
     for r in rows:
@@ -382,7 +395,7 @@ async def sample_page(request: Request) -> Response:
     row = await run_in_threadpool(review.db.row, key_of(ref))
     if row is None:
         return _json_error(404, f"no sample {key_of(ref)}", "go back to /review/")
-    mark_near_duplicates([row], await run_in_threadpool(review.db.reviewed_features))
+    await run_in_threadpool(_mark_near, review, [row])
     return _secure(
         review.templates.TemplateResponse(
             request,

@@ -202,5 +202,5 @@
   });
 
   const first = nextPending(null) || cards()[0];
-  if (first) first.focus();
+  if (first) first.focus({ preventScroll: true });
 })();
