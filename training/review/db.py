@@ -91,6 +91,10 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
+class UnknownSample(ValueError):
+    """A decision for a key the review index does not have."""
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -458,7 +462,8 @@ class ReviewDB:
     ) -> list[Decision]:
         """Append one decision per sample; ``accept`` without a label takes the model's guess.
 
-        ValueError for an unknown action, a relabel without a label, or a key not in the index.
+        ValueError for an unknown action or a relabel without a label; UnknownSample for a key
+        that is not in the index.
         """
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
@@ -474,7 +479,7 @@ class ReviewDB:
                     "SELECT sample_id, label FROM samples WHERE key = ?", (key,)
                 ).fetchone()
                 if found is None:
-                    raise ValueError(f"no sample {key} in the review index")
+                    raise UnknownSample(f"no sample {key} in the review index")
                 sample_id, guess = found
                 final = label if label else (guess if action == "accept" else None)
                 if action == "accept" and not final:
@@ -561,11 +566,3 @@ class ReviewDB:
     def end_session(self, sid: str) -> None:
         with self._lock:
             self._conn.execute("DELETE FROM sessions WHERE id_hash = ?", (_hash_session(sid),))
-
-    def end_sessions_of(self, reviewers_left: set[str]) -> int:
-        """End the sessions of reviewers no longer in the reviewers file."""
-        with self._lock:
-            rows = self._conn.execute("SELECT id_hash, reviewer FROM sessions").fetchall()
-            gone = [h for h, r in rows if r not in reviewers_left]
-            self._conn.executemany("DELETE FROM sessions WHERE id_hash = ?", [(h,) for h in gone])
-        return len(gone)

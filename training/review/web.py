@@ -39,10 +39,19 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from training.imageio import ImageDecodeError
 from training.ingest.errors import SampleNotFound, StoreError
 from training.ingest.store import SampleRef, Store, check_date
 from training.review import auth
-from training.review.db import STATUSES, Filters, ReviewDB, SampleRow, Session, key_of
+from training.review.db import (
+    STATUSES,
+    Filters,
+    ReviewDB,
+    SampleRow,
+    Session,
+    UnknownSample,
+    key_of,
+)
 from training.review.groups import assign_groups, mark_near_duplicates, near_candidates
 from training.review.index import Indexer
 from training.review.labels import check_label
@@ -455,6 +464,8 @@ async def explain(request: Request) -> Response:
         result = await run_in_threadpool(review.model.explain, data, label)
     except SampleNotFound:
         return _json_error(404, "no such sample image", "it may have been purged")
+    except ImageDecodeError as exc:
+        return _json_error(422, f"the image cannot be explained: {exc}", "look at the JPEG itself")
     response = Response(result.png, media_type="image/png")
     _secure(response)
     response.headers["X-Explained-Label"] = result.label.encode("ascii", "replace").decode()
@@ -531,8 +542,10 @@ async def api_decisions(request: Request) -> Response:
         return _json_error(400, "the body is not JSON", "send a JSON object")
     except BadInput as exc:
         return _json_error(400, str(exc), "see the API in docs/field-loop.md")
-    except ValueError as exc:  # a key that is not in the index
+    except UnknownSample as exc:
         return _json_error(404, str(exc), "reload the page")
+    except ValueError as exc:  # e.g. accepting a sample without a guess
+        return _json_error(400, str(exc), "relabel it instead")
     return _secure(
         JSONResponse(
             {
@@ -576,8 +589,10 @@ async def decide_form(request: Request) -> Response:
         return _json_error(failure.status, failure.error, failure.fix)
     except BadInput as exc:
         return _json_error(400, str(exc), "go back and choose samples and an action")
-    except ValueError as exc:
+    except UnknownSample as exc:
         return _json_error(404, str(exc), "reload the page")
+    except ValueError as exc:
+        return _json_error(400, str(exc), "relabel it instead")
     return _secure(RedirectResponse(_safe_next(str(form.get("back") or "")), status_code=303))
 
 
