@@ -123,6 +123,10 @@ def db_path_for(inbox: str, review_db: Path | None) -> Path:
     if review_db is not None:
         return Path(review_db).expanduser().resolve()
     path = default_db_path(inbox)
+    if path is not None and not path.parent.is_dir():
+        raise IngestError(
+            f"inbox {inbox} not found", "give the folder `edgecam-train serve` writes to"
+        )
     if path is None:
         raise IngestError(
             f"the inbox {inbox} is on S3: the review database needs a local path",
