@@ -235,9 +235,12 @@ class CaptureThread(threading.Thread):
             reason = self._inspect(pixels, index, now_mono)
             if reason is not None:
                 pixels = self.source.to_rgb(pixels)
+                full = self.source.full_res()
                 if self.mask is not None:
                     pixels = self.mask(pixels)
-                frame = Frame(pixels, now_mono, now_wall, index, self.source.full_res())
+                    if full is not None:  # roi classifiers and snapshots read the full picture
+                        full = self.mask(full)
+                frame = Frame(pixels, now_mono, now_wall, index, full)
                 buffer = self._take_buffer()
                 if buffer is None:
                     return
