@@ -9,6 +9,8 @@ RUN ?=
 NAME ?=
 EXTRA_ARGS ?=
 MODELS_DIR ?= models
+# test files run in this many processes (most tests wait on brokers, servers and subprocesses)
+TEST_JOBS ?= 2
 HOSTS ?=
 LIMIT ?=
 MODEL ?=
@@ -40,7 +42,7 @@ run: $(PY)  ## run the camera loop (Pi camera, USB camera or the sample clip) wi
 	$(BIN)/edgecam-device run --config $(CONFIG) $(EXTRA_ARGS)
 
 test: $(PY)  ## run the test suite (real Mosquitto, real LiteRT, real training on small data)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 test-fleet: $(PY)  ## Ansible rollout against three local sshd "Pis" (about a minute; needs root, openssh-server)
 	$(PY) -m pytest -q -m fleet tests/deploy
