@@ -30,15 +30,13 @@ import logging
 import os
 import re
 import secrets
-import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from device.names import check_safe_name
 from training.ingest.errors import IngestError
+from training.ingest.watched import WatchedFile, write_private
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +138,7 @@ def read_tokens(path: Path) -> list[TokenEntry]:
 
 def write_tokens(path: Path, entries: list[TokenEntry]) -> None:
     """Replace the tokens file atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_HEADER + "".join(e.line() for e in entries))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private(path, _HEADER + "".join(e.line() for e in entries))
 
 
 def add_token(path: Path, name: str, role: str = "device", replace: bool = False) -> str:
@@ -191,12 +178,9 @@ class TokenRegistry:
 
     def __init__(self, path: Path, check_every_s: float = RELOAD_CHECK_S):
         self.path = path
-        self._check_every_s = check_every_s
-        self._lock = threading.Lock()
         self._by_digest: dict[str, Identity] = {}
-        self._signature = self._stat()
+        self._file = WatchedFile(path, check_every_s, seen=True)
         self._load(read_tokens(path))
-        self._checked = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -211,30 +195,17 @@ class TokenRegistry:
     def _load(self, entries: list[TokenEntry]) -> None:
         self._by_digest = {e.digest: Identity(e.name, e.role) for e in entries}
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
     def _maybe_reload(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < self._check_every_s:
+        change = self._file.poll()
+        if change is None:
             return
-        with self._lock:
-            self._checked = now
-            signature = self._stat()
-            if signature == self._signature:
-                return
-            self._signature = signature
-            if signature is None:
-                log.warning("tokens file %s is gone: every upload is refused now", self.path)
-                self._by_digest = {}
-                return
-            try:
-                self._load(read_tokens(self.path))
-            except IngestError as exc:
-                log.error("tokens file changed but cannot be used, keeping the old tokens: %s", exc)
-                return
-            log.info("tokens file %s re-read: %d token(s)", self.path, len(self._by_digest))
+        if not change.exists:
+            log.warning("tokens file %s is gone: every upload is refused now", self.path)
+            self._by_digest = {}
+            return
+        try:
+            self._load(read_tokens(self.path))
+        except IngestError as exc:
+            log.error("tokens file changed but cannot be used, keeping the old tokens: %s", exc)
+            return
+        log.info("tokens file %s re-read: %d token(s)", self.path, len(self._by_digest))

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from device.names import check_safe_name
 from training.ingest.errors import IngestError
+from training.ingest.watched import WatchedFile, write_private
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +113,7 @@ def read_reviewers(path: Path) -> list[Reviewer]:
 
 def write_reviewers(path: Path, reviewers: list[Reviewer]) -> None:
     """Replace the file atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_HEADER + "".join(r.line() for r in reviewers))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private(path, _HEADER + "".join(r.line() for r in reviewers))
 
 
 def add_reviewer(path: Path, name: str, password: str, replace: bool = False) -> None:
@@ -163,11 +150,8 @@ class ReviewerRegistry:
 
     def __init__(self, path: Path, check_every_s: float = RELOAD_CHECK_S):
         self.path = path
-        self._check_every_s = check_every_s
-        self._lock = threading.Lock()
-        self._signature: tuple[int, int, int] | None = None
         self._by_name: dict[str, Reviewer] = {}
-        self._checked = -1e9
+        self._file = WatchedFile(path, check_every_s, seen=False)
         self._maybe_reload()
 
     def __len__(self) -> int:
@@ -191,31 +175,18 @@ class ReviewerRegistry:
             return False
         return ok and reviewer is not None
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
     def _maybe_reload(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < self._check_every_s:
+        change = self._file.poll()
+        if change is None:
             return
-        with self._lock:
-            self._checked = now
-            signature = self._stat()
-            if signature == self._signature:
-                return
-            self._signature = signature
-            if signature is None:
-                if self._by_name:
-                    log.warning("reviewers file %s is gone: nobody can log in", self.path)
-                self._by_name = {}
-                return
-            try:
-                self._by_name = {r.name: r for r in read_reviewers(self.path)}
-            except ReviewerError as exc:
-                log.error("reviewers file changed but cannot be used, keeping the old one: %s", exc)
-                return
-            log.info("reviewers file %s read: %d reviewer(s)", self.path, len(self._by_name))
+        if not change.exists:
+            if self._by_name:
+                log.warning("reviewers file %s is gone: nobody can log in", self.path)
+            self._by_name = {}
+            return
+        try:
+            self._by_name = {r.name: r for r in read_reviewers(self.path)}
+        except ReviewerError as exc:
+            log.error("reviewers file changed but cannot be used, keeping the old one: %s", exc)
+            return
+        log.info("reviewers file %s read: %d reviewer(s)", self.path, len(self._by_name))
