@@ -208,7 +208,8 @@ class MqttPublisher:
         """Subscribe now and after every reconnect."""
         with self._lock:
             self._handlers[topic] = handler
-        if self.connected.is_set():
+            connected = self.connected.is_set()
+        if connected:
             self.client.subscribe(topic, qos=1)
 
     # -- publishing --------------------------------------------------------------------------
@@ -254,11 +255,11 @@ class MqttPublisher:
             down = f" after {time.monotonic() - since:.1f} s" if since else ""
             log.info("MQTT: reconnected to %s:%d%s", self.cfg.host, self.cfg.port, down)
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
-        with self._lock:
+        with self._lock:  # with subscribe(): a topic added meanwhile is subscribed by one of us
             topics = list(self._handlers)
+            self.connected.set()
         for topic in topics:
             client.subscribe(topic, qos=1)
-        self.connected.set()
         for hook in self._connect_hooks:
             try:
                 hook()

@@ -153,6 +153,7 @@ def test_bad_updates_leave_the_old_model_running_and_say_why(
     sub = subscriber_factory(broker.port, topic="edgecam/test-pi/#")
     with Device(path) as device:
         wait_until(lambda: sub.json_on("/street/classification"), 30, what="classifications")
+        assert run_command(sub, {"id": "ready"}, wait_until, name="state")[-1]["ok"]
         old_ref, old_sha = device.ref, device.runner.status["model"]["sha256"]
 
         # refused before anything starts: a scheme that is not allowed, a shadow over the limit
@@ -212,6 +213,7 @@ def test_good_update_is_promoted_survives_a_restart_and_rolls_back(
     models = tmp_path / "state" / "models"
     with Device(path) as device:
         wait_until(lambda: sub.json_on("/street/classification"), 30, what="classifications")
+        assert run_command(sub, {"id": "ready"}, wait_until, name="state")[-1]["ok"]
         old_ref, old_sha = device.ref, device.runner.status["model"]["sha256"]
 
         replies = run_command(sub, {**good, "id": "up1"}, wait_until)
@@ -288,6 +290,7 @@ def test_a_new_model_that_fails_to_run_is_rolled_back(
 
     with Device(path) as device:
         wait_until(lambda: sub.json_on("/street/classification"), 30, what="classifications")
+        assert run_command(sub, {"id": "ready"}, wait_until, name="state")[-1]["ok"]
         old_ref = device.ref
         with monkeypatch.context() as patch:
             patch.setattr(Classifier, "classify", boom)  # the shadow's call, not the live one
