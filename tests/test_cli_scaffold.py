@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 # command calls with one that raises (or, given a marker path, one that says it has started and
 # then waits), so the scaffold itself runs unchanged.
 SITECUSTOMIZE = """
-import importlib, os, time
+import importlib, os, threading
 target = os.environ.get("EDGECAM_TEST_FAULT")
 marker = os.environ.get("EDGECAM_TEST_WAITING")
 if target:
@@ -43,7 +43,7 @@ if target:
     def injected_fault(*args, **kwargs):
         if marker:
             open(marker, "w").close()
-            time.sleep(600)
+            threading.Event().wait(600)  # blocks until the test interrupts the process
         raise RuntimeError("injected fault for the scaffold test")
     setattr(importlib.import_module(module), attr, injected_fault)
 """

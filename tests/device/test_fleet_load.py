@@ -308,7 +308,9 @@ def test_fleet_of_1000_devices(broker_factory, tmp_path):
     try:
         figures["connect_s"] = round(fleet.connect(), 2)
         fleet.publish_statuses()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30  # the steady phase starts once every status arrived
+        while counter.read()[1]["status"] < DEVICES and time.monotonic() < deadline:
+            fleet.pump(0.1)
 
         # steady: one classification per device and second (plus statuses every 30 s)
         t0, before = time.monotonic(), counter.read()
