@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +27,7 @@ from device.alerts.jobs import (
 from device.alerts.outbox import Message, Outbox, OutboxError
 from device.alerts.snapshots import Snapshot, SnapshotStore
 from device.alerts.stepper import RuleStepper
+from device.jobthread import JobThread
 from device.mqtt import utc_iso
 from device.privacy.guard import Withheld
 from device.topics import Topics
@@ -64,7 +63,7 @@ class Delivery:
         self.forwarder.wake()
 
 
-class AlertWorker:
+class AlertWorker(JobThread[Job]):
     def __init__(
         self,
         stepper: RuleStepper,
@@ -79,8 +78,7 @@ class AlertWorker:
         self.snapshots = snapshots
         self.topics = topics
         self.model_ref = model_ref
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="alerts-worker", daemon=True)
+        super().__init__("alerts-worker")
         self._handlers: dict[type, Callable[[Any], None]] = {
             TransitionJob: self._transition,
             StatesJob: self._states,
@@ -89,33 +87,13 @@ class AlertWorker:
             HealthJob: self._health,
         }
 
-    def put(self, job: Job) -> None:
-        self._jobs.put(job)
+    def do(self, job: Job) -> None:
+        self._handlers[type(job)](job)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the queued jobs, then end the thread."""
-        if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            self.run_job(job)
-
-    def run_job(self, job: Job) -> None:
-        kind = type(job).__name__
-        try:
-            self._handlers[type(job)](job)
-        except Exception:  # one failed job must not stop alerting
-            log.exception("alerts: %s failed", kind)
-            if isinstance(job, SnapshotJob):
-                job.reply.error("snapshot failed, see the device log")
+    def on_error(self, exc: Exception, job: Job) -> None:  # one failed job must not stop alerting
+        log.error("alerts: %s failed", type(job).__name__, exc_info=exc)
+        if isinstance(job, SnapshotJob):
+            job.reply.error("snapshot failed, see the device log")
 
     # -- messages ------------------------------------------------------------------------------------
     def snapshot_message(self, camera: str, jpeg: bytes) -> Message:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from device.alerts.snapshots import SnapshotError, crop, encode_jpeg
+from device.jobthread import JobThread
 from device.mqtt import utc_iso
 from device.privacy.guard import Withheld
 from device.samples import Redaction, SampleMeta, SampleModel, sample_id
@@ -58,7 +57,7 @@ class SampleJob:
     roi_top: Sequence[Any] | None = None  # the roi's own top-k list
 
 
-class SampleWriter:
+class SampleWriter(JobThread[SampleJob]):
     def __init__(
         self,
         cfg: SamplingConfig,
@@ -72,8 +71,7 @@ class SampleWriter:
         self.sampler = sampler
         self.outbox = outbox
         self.device_id = device_id
-        self._jobs: queue.Queue[SampleJob | None] = queue.Queue(maxsize=cfg.queue)
-        self._thread = threading.Thread(target=self._run, name="sampling-writer", daemon=True)
+        super().__init__("sampling-writer", maxsize=cfg.queue)
         self.written = 0
         self.duplicates = 0  # the same JPEG was already waiting
         self.failed = 0
@@ -86,32 +84,17 @@ class SampleWriter:
     # -- the inference threads -------------------------------------------------------------------
     def offer(self, job: SampleJob) -> bool:
         """Queue a job; False (counted as queue_dropped) when the queue is full."""
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            self.sampler.count_dropped(job.policy)
-            return False
-        return True
-
-    # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
+        if super().offer(job):
+            return True
+        self.sampler.count_dropped(job.policy)
+        return False
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then end the thread."""
-        if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join(timeout)
+        super().stop(timeout)
 
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                self.write(job)
-            except Exception as exc:  # one bad job never ends the writer
-                self._failed(exc, job)
+    def do(self, job: SampleJob) -> None:
+        self.write(job)
 
     # -- the work --------------------------------------------------------------------------------
     def write(self, job: SampleJob) -> list[str]:
@@ -134,7 +117,7 @@ class SampleWriter:
             try:
                 jpeg = encode_jpeg(image, cfg.quality, cfg.max_width)
             except SnapshotError as exc:
-                self._failed(exc, job)
+                self.on_error(exc, job)
                 continue
             meta = self.meta(job, jpeg, top, roi, redaction)
             body = json.dumps(meta.to_json(), separators=(",", ":")).encode()
@@ -143,7 +126,7 @@ class SampleWriter:
             try:
                 stored = self.outbox.put(meta.sample_id, jpeg, body)
             except OSError as exc:
-                self._failed(exc, job)
+                self.on_error(exc, job)
                 break
             self._save_budget()
             if stored:
@@ -180,7 +163,7 @@ class SampleWriter:
             }
         )
 
-    def _failed(self, exc: BaseException, job: SampleJob) -> None:
+    def on_error(self, exc: Exception, job: SampleJob) -> None:  # one bad job never ends it
         self.failed += 1
         self.last_error = describe_exception(exc)
         if not self._failing:
@@ -221,5 +204,5 @@ class SampleWriter:
             "failed": self.failed,
             "withheld": self.withheld,
             "last_error": self.last_error,
-            "queued": self._jobs.qsize(),
+            "queued": self.queued,
         }
